@@ -1,0 +1,241 @@
+"""The ``recover`` command line: parse, call one core function, render.
+
+Errors are translated once, in :class:`RecoverGroup`: a :class:`RecoverError`
+becomes one ``Error: ...`` line on stderr and exit 1; tracebacks only with
+``--debug``; passwords never.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+
+from recover import __version__
+from recover.config import ENV_VARS, Settings, resolve
+from recover.db.engine import describe_db_error
+from recover.errors import ExitCode, PartialScanError, RecoverError
+from recover.secrets import remember_secret, scrub
+
+
+@dataclass
+class AppContext:
+    """What the group's options leave on ``ctx.obj`` for the commands."""
+
+    options: dict[str, Any]
+    debug: bool = False
+    _settings: Settings | None = field(default=None, repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        # Resolved on first use, so `recover rbd-features` never reads config files.
+        if self._settings is None:
+            self._settings = resolve(self.options)
+        return self._settings
+
+
+def warn(message: str) -> None:
+    click.echo(f"Warning: {scrub(message)}", err=True)
+
+
+class RecoverGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except RecoverError as exc:
+            self._fail(ctx, exc, str(exc), exc.exit_code)
+        except SQLAlchemyError as exc:
+            self._fail(ctx, exc, f"database error: {describe_db_error(exc)}", ExitCode.FAILED)
+        except OSError as exc:
+            self._fail(ctx, exc, f"{exc.strerror or exc}: {exc.filename or ''}", ExitCode.FAILED)
+        except Exception as exc:  # the last line of defence: still one line, no traceback
+            message = f"unexpected {type(exc).__name__}: {exc} (run with --debug for details)"
+            self._fail(ctx, exc, message, ExitCode.FAILED)
+
+    @staticmethod
+    def _fail(ctx: click.Context, exc: BaseException, message: str, code: int) -> None:
+        obj = ctx.obj
+        if isinstance(obj, AppContext) and obj.debug:
+            click.echo(scrub("".join(traceback.format_exception(exc))), err=True, nl=False)
+        click.echo(f"Error: {scrub(message).strip()}", err=True)
+        ctx.exit(int(code))
+
+
+def _env_help(name: str) -> str:
+    return f" [env: {ENV_VARS[name]}]"
+
+
+@click.group(cls=RecoverGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="recover")
+@click.option(
+    "--config", metavar="PATH", help="ini file with a [recover] section." + _env_help("config")
+)
+@click.option(
+    "--nova-api-db",
+    metavar="URL",
+    help="nova_api database (Newton+); cells are discovered from cell_mappings."
+    + _env_help("nova_api_db"),
+)
+@click.option(
+    "--nova-db",
+    metavar="URL",
+    multiple=True,
+    help="A Nova main/cell database; repeatable; overrides discovery."
+    + " [env: RECOVER_NOVA_DB, comma-separated]",
+)
+@click.option("--glance-db", metavar="URL", help="Glance database." + _env_help("glance_db"))
+@click.option(
+    "--nova-conf",
+    metavar="PATH",
+    help="Read [database]/[api_database] connection from nova.conf." + _env_help("nova_conf"),
+)
+@click.option(
+    "--glance-conf",
+    metavar="PATH",
+    help="Read [database] connection and the store dir from glance-api.conf."
+    + _env_help("glance_conf"),
+)
+@click.option(
+    "--store-dir",
+    metavar="PATH",
+    help="Glance filesystem store directory (default: from glance-api.conf, "
+    "else /var/lib/glance/images)." + _env_help("store_dir"),
+)
+@click.option(
+    "--glance-endpoint",
+    metavar="URL",
+    help="Glance API without Keystone." + _env_help("glance_endpoint"),
+)
+@click.option(
+    "--os-token", metavar="TOKEN", help="Token for --glance-endpoint." + _env_help("os_token")
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, **options: Any) -> None:
+    """Find live instances that depend on deleted Nova flavors and Glance
+    images, and bring those back under their original ids.
+
+    Database URLs are SQLAlchemy URLs, e.g.
+    mysql+pymysql://nova:PASS@db/nova_api?charset=utf8. Precedence:
+    flag > RECOVER_* env var > --config file > nova.conf / glance-api.conf >
+    defaults. Passwords are never printed.
+
+    \b
+    Start with:
+      recover --nova-conf /etc/nova/nova.conf \\
+              --glance-conf /etc/glance/glance-api.conf inventory
+    or see the whole story on a sandbox cloud:
+      recover demo
+    """
+    remember_secret(options.get("os_token"))
+    ctx.obj = AppContext(options=options, debug=debug)
+
+
+@cli.command()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+    help="table for people, json for tools, csv: one row per (orphan, instance).",
+)
+@click.option(
+    "--fail-on-orphans", is_flag=True, help="Exit 3 when anything is orphaned (cron, monitoring)."
+)
+@click.pass_obj
+def inventory(app: AppContext, fmt: str, fail_on_orphans: bool) -> None:
+    """List live instances whose flavor or image is deleted. Read-only.
+
+    Scans every cell: flavors that are soft-deleted, archived into shadow_*
+    tables or gone; images that are deleted, pending_delete, killed or purged,
+    including the snapshots of shelved-offloaded instances. For each orphan:
+    the instances, their compute hosts, the _base file name, and the command
+    that recovers it.
+
+    \b
+    Examples:
+      recover --nova-api-db mysql+pymysql://nova:PASS@db/nova_api \\
+              --glance-db mysql+pymysql://glance:PASS@db/glance inventory
+      recover --config /etc/recover.ini inventory --format json
+      recover --config /etc/recover.ini inventory --fail-on-orphans >/dev/null
+
+    Exit status: 0 clean or orphans listed, 1 some cell could not be read
+    (the report is partial), 3 orphans found with --fail-on-orphans.
+    """
+    from recover.inventory import scan
+    from recover.report import RENDERERS
+
+    result = scan(app.settings)
+    for message in result.warnings:
+        warn(message)
+    click.echo(RENDERERS[fmt](result), nl=False)
+    if result.partial:
+        failed = [f"{c.name}: {c.error}" for c in result.cells if not c.ok]
+        raise PartialScanError(
+            f"report is partial, not every cell was scanned ({'; '.join(failed)})"
+        )
+    if fail_on_orphans and result.has_orphans:
+        sys.exit(int(ExitCode.ORPHANS_FOUND))
+
+
+@cli.command("rbd-features")
+@click.argument("value")
+@click.option("--image", metavar="POOL/IMAGE", help="Fill in the rbd command for this image.")
+def rbd_features(value: str, image: str | None) -> None:
+    """Decode an RBD feature bitmask from a librbd error.
+
+    VALUE is decimal, hex (0x3c) or the log line itself. Prints the feature
+    names, the `rbd feature disable` command for an existing image, and the
+    rbd_default_features advice for new ones.
+
+    \b
+    Examples:
+      recover rbd-features 60
+      recover rbd-features 0x3c --image volumes/volume-433ad82b-4d8d-4d5c-b1c0-d0c88e0c397b
+      recover rbd-features 'librbd: Image uses unsupported features: 60'
+    """
+    from recover.rbd import decode, parse_value, render
+
+    click.echo(render(decode(parse_value(value)), image), nl=False)
+
+
+@cli.command()
+@click.argument(
+    "directory", metavar="[DIR]", default="recover-demo", type=click.Path(path_type=Path)
+)
+@click.pass_obj
+def demo(app: AppContext, directory: Path) -> None:
+    """Build a sandbox cloud in DIR and run the whole story on it.
+
+    The sandbox reproduces the incident that started this tool: SQLite
+    databases laid out like a Mitaka Nova and Glance, a compute node
+    directory whose _base file was made by qemu-img, and a Glance store;
+    the instance 211437a1-... uses a deleted flavor and the deleted snapshot
+    image b3986e99-.... No database server is needed. DIR/recover.ini lets
+    you run any command against the sandbox afterwards.
+
+    \b
+    Examples:
+      recover demo
+      recover demo /tmp/sandbox
+      recover --config /tmp/sandbox/recover.ini inventory --format json
+    """
+    from recover.demo import run_demo
+
+    run_demo(directory, echo=click.echo)
+
+
+def main() -> None:
+    cli(prog_name="recover")
+
+
+if __name__ == "__main__":
+    main()

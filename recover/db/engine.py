@@ -1,0 +1,121 @@
+"""Open databases with errors an operator can act on, and passwords masked."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import MetaData, Table, create_engine, inspect
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+
+from recover.errors import DatabaseError
+from recover.secrets import mask_url, remember_url_password, scrub
+
+CONNECT_TIMEOUT_S = 10
+
+
+def describe_db_error(exc: BaseException) -> str:
+    """The driver's own words, without SQLAlchemy's wrapping or any password."""
+    orig = getattr(exc, "orig", None)
+    if orig is not None and getattr(orig, "args", None):
+        args = orig.args
+        text = str(args[1]) if len(args) >= 2 else str(args[0])
+    else:
+        text = str(exc).split("\n(Background on this error")[0]
+    return scrub(text.strip().splitlines()[0] if text.strip() else type(exc).__name__)
+
+
+@dataclass
+class Database:
+    """One database: an engine plus the tables reflected from it on demand."""
+
+    role: str
+    url: URL
+    engine: Engine
+    _tables: dict[str, Table] = field(default_factory=dict)
+    _names: frozenset[str] | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.role} database {mask_url(self.url)}"
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def table_names(self) -> frozenset[str]:
+        if self._names is None:
+            try:
+                self._names = frozenset(inspect(self.engine).get_table_names())
+            except SQLAlchemyError as exc:
+                raise DatabaseError(f"cannot read {self.label}: {describe_db_error(exc)}") from exc
+        return self._names
+
+    def has_table(self, name: str) -> bool:
+        return name in self.table_names()
+
+    def reflect(self, names: Iterable[str]) -> dict[str, Table]:
+        """Reflect the named tables that exist (missing ones are simply absent)."""
+        wanted = [n for n in names if self.has_table(n) and n not in self._tables]
+        if wanted:
+            metadata = MetaData()
+            try:
+                metadata.reflect(bind=self.engine, only=wanted)
+            except SQLAlchemyError as exc:
+                raise DatabaseError(f"cannot read {self.label}: {describe_db_error(exc)}") from exc
+            for name in wanted:
+                self._tables[name] = metadata.tables[name]
+        return {n: self._tables[n] for n in names if n in self._tables}
+
+    def table(self, name: str) -> Table:
+        tables = self.reflect([name])
+        if name not in tables:
+            raise DatabaseError(f"{self.label} has no table {name!r}")
+        return tables[name]
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def parse_url(text: str, role: str) -> URL:
+    try:
+        return make_url(text)
+    except (ArgumentError, ValueError):
+        raise DatabaseError(
+            f"{role} database: {mask_url(text)!r} is not a database URL",
+            hint="expected e.g. mysql+pymysql://user:password@host/nova?charset=utf8",
+        ) from None
+
+
+def open_database(text: str, role: str) -> Database:
+    """Connect to a database and prove the connection works, or raise DatabaseError."""
+    remember_url_password(text)
+    url = parse_url(text, role)
+    connect_args: dict[str, object] = {}
+    if url.get_backend_name() == "sqlite":
+        path = url.database
+        # SQLite would silently create an empty file for a mistyped path.
+        if path and path != ":memory:" and not Path(path).is_file():
+            raise DatabaseError(f"{role} database {mask_url(url)}: no such file {path}")
+    elif url.get_backend_name() == "mysql":
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+    try:
+        engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+    except NoSuchModuleError:
+        raise DatabaseError(
+            f"{role} database {mask_url(url)}: unsupported driver {url.drivername!r}",
+            hint="use mysql+pymysql:// or sqlite://",
+        ) from None
+    except (ArgumentError, ImportError) as exc:
+        raise DatabaseError(f"{role} database {mask_url(url)}: {scrub(str(exc))}") from None
+    try:
+        with engine.connect():
+            pass
+    except (DBAPIError, SQLAlchemyError) as exc:
+        engine.dispose()
+        raise DatabaseError(
+            f"cannot connect to {role} database {mask_url(url)}: {describe_db_error(exc)}"
+        ) from None
+    return Database(role=role, url=url, engine=engine)

@@ -1,0 +1,109 @@
+"""Read Glance image rows across the schema generations."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection, Row
+
+from recover.db.engine import Database
+from recover.db.schema import GlanceSchema
+from recover.nova import chunks
+
+#: ``images.status`` values that leave an instance without its image.
+ORPHAN_STATUSES = ("deleted", "pending_delete", "killed")
+#: Properties nova sets on a snapshot (nova 34 ``nova/compute/api.py`` ``_create_image``).
+SNAPSHOT_PROPERTY = ("image_type", "snapshot")
+
+
+@dataclass(frozen=True)
+class ChildCounts:
+    """Soft-deleted child rows of an image that a recovery would bring back."""
+
+    locations: int = 0
+    properties: int = 0
+    tags: int = 0
+    members: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "locations": self.locations,
+            "members": self.members,
+            "properties": self.properties,
+            "tags": self.tags,
+        }
+
+
+class GlanceReader:
+    """Read-only queries against the Glance database."""
+
+    def __init__(self, db: Database, schema: GlanceSchema) -> None:
+        self.db = db
+        self.schema = schema
+        self.images = db.table("images")
+
+    def image_rows(self, conn: Connection, image_ids: Iterable[str]) -> dict[str, Row[Any]]:
+        ids = sorted(set(image_ids))
+        found: dict[str, Row[Any]] = {}
+        for batch in chunks(ids):
+            for row in conn.execute(select(self.images).where(self.images.c.id.in_(batch))):
+                found[row.id] = row
+        return found
+
+    @staticmethod
+    def orphan_status(row: Row[Any] | None) -> str | None:
+        """The contract's status for an image an instance needs, or None when it is usable."""
+        if row is None:
+            return "missing"
+        if row.status in ("pending_delete", "killed"):
+            return str(row.status)
+        if row.deleted or row.status == "deleted":
+            return "deleted"
+        return None
+
+    def deleted_children(
+        self, conn: Connection, image_ids: Iterable[str]
+    ) -> dict[str, ChildCounts]:
+        ids = sorted(set(image_ids))
+        counts: dict[str, dict[str, int]] = {i: {} for i in ids}
+        for key, table_name in (
+            ("locations", "image_locations"),
+            ("properties", "image_properties"),
+            ("tags", "image_tags"),
+            ("members", "image_members"),
+        ):
+            if not self.db.has_table(table_name) or not ids:
+                continue
+            table = self.db.table(table_name)
+            for batch in chunks(ids):
+                rows = conn.execute(
+                    select(table.c.image_id, func.count())
+                    .where(table.c.image_id.in_(batch), table.c.deleted != 0)
+                    .group_by(table.c.image_id)
+                )
+                for image_id, count in rows:
+                    counts[image_id][key] = int(count)
+        return {i: ChildCounts(**c) for i, c in counts.items()}
+
+    def snapshot_ids(self, conn: Connection, image_ids: Iterable[str]) -> set[str]:
+        """Images nova made by snapshotting an instance (property ``image_type=snapshot``)."""
+        ids = sorted(set(image_ids))
+        if not ids or not self.db.has_table("image_properties"):
+            return set()
+        props = self.db.table("image_properties")
+        found: set[str] = set()
+        for batch in chunks(ids):
+            found |= {
+                r[0]
+                for r in conn.execute(
+                    select(props.c.image_id).where(
+                        props.c.image_id.in_(batch),
+                        props.c.name == SNAPSHOT_PROPERTY[0],
+                        props.c.value == SNAPSHOT_PROPERTY[1],
+                    )
+                )
+            }
+        return found

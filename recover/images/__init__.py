@@ -1,0 +1,1 @@
+"""Image data: locate, move, convert, hash and place Glance image files."""

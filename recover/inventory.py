@@ -1,0 +1,416 @@
+"""Find every live instance that depends on a deleted flavor or image.
+
+Read-only. A fixed number of queries per cell, whatever the number of
+instances: distinct references first, then details only for the orphans.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import SQLAlchemyError
+
+from recover.config import Settings
+from recover.db.cloud import NovaCloud, open_glance, open_nova
+from recover.db.engine import describe_db_error
+from recover.errors import DatabaseError
+from recover.glance import ChildCounts, GlanceReader
+from recover.nova import CellReader, FlavorBlobError, FlavorDef, InstanceRef, parse_flavor_blob
+
+LONG_RUNNING = timedelta(days=365)
+UUID_RE = re.compile(
+    r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+)
+
+#: What breaks for an instance whose image is gone (prior-art.md §0.15: no fallback).
+IMAGE_RISKS = ("rebuild", "evacuate")
+#: What breaks for an instance whose flavor is gone: API clients that look it up.
+FLAVOR_RISKS = ("flavor show", "server list --flavor")
+
+
+def base_file_name(image_id: str) -> str:
+    """Name of the image's cache file in ``_base`` on compute nodes.
+
+    nova 34 ``nova/virt/libvirt/imagecache.py`` ``get_cache_fname``: sha1 of the id.
+    """
+    return hashlib.sha1(image_id.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class AffectedInstance:
+    uuid: str
+    cell: str
+    host: str | None
+    vm_state: str | None
+    project_id: str | None
+    launched_at: datetime | None
+    long_running: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "uuid": self.uuid,
+            "cell": self.cell,
+            "host": self.host,
+            "vm_state": self.vm_state,
+            "project_id": self.project_id,
+            "launched_at": self.launched_at.isoformat(sep=" ") if self.launched_at else None,
+            "long_running": self.long_running,
+        }
+
+
+@dataclass
+class FlavorOrphan:
+    id: int
+    flavorid: str | None
+    name: str | None
+    state: str
+    instances: list[AffectedInstance]
+    #: Where a definition can come from: the row's table, instance_extra copies, sysmeta copies.
+    row_table: str | None = None
+    deleted_at: datetime | None = None
+    definitions_from_instance_extra: int = 0
+    definitions_from_system_metadata: int = 0
+    conflicting_instances: list[str] = field(default_factory=list)
+    recover: str | None = None
+
+    @property
+    def recoverable(self) -> bool:
+        return bool(self.row_table or self.definitions_from_instance_extra)
+
+
+@dataclass
+class ImageOrphan:
+    id: str
+    name: str | None
+    status: str
+    instances: list[AffectedInstance]
+    shelved_instances: list[str]
+    hosts: list[str]
+    disk_format: str | None
+    size: int | None
+    deleted_at: datetime | None
+    snapshot: bool
+    store_file: bool | None
+    children: ChildCounts
+    recover: str | None = None
+    note: str | None = None
+
+    @property
+    def base_file(self) -> str:
+        return base_file_name(self.id)
+
+    @property
+    def at_risk(self) -> list[str]:
+        risks = list(IMAGE_RISKS) if self.hosts else []
+        if self.shelved_instances:
+            risks.append("unshelve")
+        return risks
+
+
+@dataclass
+class CellStatus:
+    name: str
+    ok: bool
+    error: str | None = None
+
+
+@dataclass
+class Inventory:
+    flavors: list[FlavorOrphan]
+    images: list[ImageOrphan]
+    cells: list[CellStatus]
+    flavor_store: str
+    glance_generation: str
+    store_dir: str
+    scanned_at: datetime
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        return any(not c.ok for c in self.cells)
+
+    @property
+    def has_orphans(self) -> bool:
+        return bool(self.flavors or self.images)
+
+
+def _affected(ref: InstanceRef, now: datetime) -> AffectedInstance:
+    return AffectedInstance(
+        uuid=ref.uuid,
+        cell=ref.cell,
+        host=ref.host,
+        vm_state=ref.vm_state,
+        project_id=ref.project_id,
+        launched_at=ref.launched_at,
+        long_running=ref.launched_at is not None and now - ref.launched_at > LONG_RUNNING,
+    )
+
+
+def flavor_store(nova: NovaCloud) -> str:
+    """Where flavors live: ``"cell"`` (``instance_types``, pre-Newton) or ``"api"``."""
+    api = nova.api
+    with_api_flavors = False
+    if api is not None and api.schema.has_flavors:
+        with api.db.engine.connect() as conn:
+            with_api_flavors = api.has_flavors(conn)
+    if with_api_flavors:
+        return "api"
+    for cell in nova.cells:
+        with cell.connect() as conn:
+            if cell.has_live_legacy_flavors(conn):
+                return "cell"
+    if api is not None and api.schema.has_flavors:
+        return "api"
+    return "cell"
+
+
+class _Scan:
+    """One inventory run: state shared by the per-cell passes."""
+
+    def __init__(self, settings: Settings, nova: NovaCloud, glance: GlanceReader, now: datetime):
+        self.settings = settings
+        self.nova = nova
+        self.glance = glance
+        self.now = now
+        self.store = flavor_store(nova)
+        self.warnings: list[str] = []
+        self.cells = [CellStatus(t.name, False, err) for t, err in nova.unreachable]
+
+    def run(self) -> Inventory:
+        flavor_refs: dict[str, set[int]] = {}
+        image_refs: set[str] = set()
+        readable: list[CellReader] = []
+        for cell in self.nova.cells:
+            try:
+                with cell.connect() as conn:
+                    flavor_refs[cell.name] = cell.referenced_flavor_ids(conn)
+                    image_refs |= cell.referenced_image_ids(conn)
+                readable.append(cell)
+            except SQLAlchemyError as exc:
+                self._cell_failed(cell, exc)
+
+        orphan_flavors = self._orphan_flavor_ids(readable, flavor_refs)
+        with self.glance.db.engine.connect() as conn:
+            image_rows = self.glance.image_rows(conn, image_refs)
+        orphan_images = {
+            image_id: status
+            for image_id in image_refs
+            if (status := self.glance.orphan_status(image_rows.get(image_id))) is not None
+        }
+
+        flavors: dict[int, FlavorOrphan] = {}
+        instances_by_image: dict[str, list[InstanceRef]] = {i: [] for i in orphan_images}
+        for cell in readable:
+            wanted = orphan_flavors.get(cell.name, {})
+            try:
+                with cell.connect() as conn:
+                    refs = cell.instances_using(conn, wanted, orphan_images)
+                    self._collect_flavors(cell, conn, wanted, refs, flavors)
+            except SQLAlchemyError as exc:
+                self._cell_failed(cell, exc)
+                continue
+            for ref in refs:
+                for image_id in {
+                    ref.image_ref or "",
+                    ref.shelved_image_id or "",
+                } & orphan_images.keys():
+                    instances_by_image[image_id].append(ref)
+            self.cells.append(CellStatus(cell.name, True))
+
+        images = self._images(orphan_images, image_rows, instances_by_image)
+        self._suggest(flavors.values())
+        self.cells.sort(key=lambda c: c.name)
+        return Inventory(
+            flavors=sorted(flavors.values(), key=lambda f: f.id),
+            images=sorted(images, key=lambda i: i.id),
+            cells=self.cells,
+            flavor_store=self.store,
+            glance_generation=self.glance.schema.generation,
+            store_dir=self.settings.store_dir.value,
+            scanned_at=self.now,
+            warnings=self.warnings,
+        )
+
+    def _cell_failed(self, cell: CellReader, exc: SQLAlchemyError) -> None:
+        self.cells = [c for c in self.cells if c.name != cell.name]
+        self.cells.append(
+            CellStatus(cell.name, False, f"cannot read {cell.db.label}: {describe_db_error(exc)}")
+        )
+
+    def _orphan_flavor_ids(
+        self, cells: list[CellReader], refs: dict[str, set[int]]
+    ) -> dict[str, dict[int, tuple[str, Row[Any]] | None]]:
+        """Per cell: orphaned flavor id -> its soft-deleted/archived row, if one survives."""
+        orphans: dict[str, dict[int, tuple[str, Row[Any]] | None]] = {}
+        live_api: set[int] = set()
+        if self.store == "api" and self.nova.api is not None:
+            with self.nova.api.db.engine.connect() as conn:
+                live_api = self.nova.api.live_flavor_ids(conn, set().union(*refs.values()))
+        for cell in cells:
+            ids = refs.get(cell.name, set())
+            with cell.connect() as conn:
+                rows = cell.legacy_flavor_rows(conn, ids) if cell.schema.has_legacy_flavors else {}
+            if self.store == "api":
+                missing = ids - live_api
+            else:
+                missing = {
+                    i
+                    for i in ids
+                    if i not in rows or rows[i][0] != "instance_types" or rows[i][1].deleted != 0
+                }
+            orphans[cell.name] = {i: rows.get(i) for i in sorted(missing)}
+        return orphans
+
+    def _collect_flavors(
+        self,
+        cell: CellReader,
+        conn: Any,
+        wanted: dict[int, tuple[str, Row[Any]] | None],
+        refs: list[InstanceRef],
+        flavors: dict[int, FlavorOrphan],
+    ) -> None:
+        if not wanted:
+            return
+        definitions: dict[int, dict[str, FlavorDef]] = {}
+        for uuid, flavor_id, text in cell.flavor_blobs(conn, wanted):
+            try:
+                blob = parse_flavor_blob(text)
+            except FlavorBlobError as exc:
+                self.warnings.append(f"instance {uuid} in cell {cell.name}: {exc}; skipped")
+                continue
+            match = next((d for d in blob.values() if d is not None and d.id == flavor_id), None)
+            if match is not None:
+                definitions.setdefault(flavor_id, {})[uuid] = match
+        sysmeta = cell.sysmeta_flavor_instances(conn, wanted)
+        for flavor_id, found in wanted.items():
+            orphan = flavors.get(flavor_id)
+            if orphan is None:
+                orphan = flavors[flavor_id] = FlavorOrphan(
+                    id=flavor_id, flavorid=None, name=None, state="missing", instances=[]
+                )
+            if found is not None:
+                table, row = found
+                orphan.row_table = orphan.row_table or table
+                if self.store == "cell":
+                    orphan.state = "archived" if table.startswith("shadow_") else "soft-deleted"
+                    orphan.deleted_at = row.deleted_at
+                orphan.flavorid = orphan.flavorid or row.flavorid
+                orphan.name = orphan.name or row.name
+            defs = definitions.get(flavor_id, {})
+            orphan.definitions_from_instance_extra += len(defs)
+            orphan.definitions_from_system_metadata += len(sysmeta.get(flavor_id, ()))
+            if defs:
+                first = defs[min(defs)]
+                orphan.flavorid = orphan.flavorid or first.flavorid
+                orphan.name = orphan.name or first.name
+                conflicting = sorted(u for u, d in defs.items() if d != first)
+                if conflicting:
+                    orphan.conflicting_instances = sorted(
+                        {*orphan.conflicting_instances, min(defs), *conflicting}
+                    )
+            orphan.instances.extend(
+                _affected(r, self.now) for r in refs if r.flavor_id == flavor_id
+            )
+        for orphan in flavors.values():
+            orphan.instances.sort(key=lambda a: a.uuid)
+
+    def _store_file(self, image_id: str) -> bool | None:
+        store = Path(self.settings.store_dir.value)
+        if (
+            not UUID_RE.match(image_id)
+            or not store.is_dir()
+            or not os.access(store, os.R_OK | os.X_OK)
+        ):
+            return None
+        return (store / image_id).is_file()
+
+    def _images(
+        self,
+        orphan_images: dict[str, str],
+        rows: dict[str, Row[Any]],
+        instances: dict[str, list[InstanceRef]],
+    ) -> list[ImageOrphan]:
+        with self.glance.db.engine.connect() as conn:
+            children = self.glance.deleted_children(conn, orphan_images)
+            snapshots = self.glance.snapshot_ids(conn, orphan_images)
+        images = []
+        for image_id, status in orphan_images.items():
+            row = rows.get(image_id)
+            refs = sorted(instances[image_id], key=lambda r: r.uuid)
+            image = ImageOrphan(
+                id=image_id,
+                name=row.name if row is not None else None,
+                status=status,
+                instances=[_affected(r, self.now) for r in refs],
+                shelved_instances=sorted(r.uuid for r in refs if r.shelved_image_id == image_id),
+                hosts=sorted({r.host for r in refs if r.host and r.image_ref == image_id}),
+                disk_format=row.disk_format if row is not None else None,
+                size=row.size if row is not None else None,
+                deleted_at=row.deleted_at if row is not None else None,
+                snapshot=image_id in snapshots,
+                store_file=self._store_file(image_id),
+                children=children.get(image_id, ChildCounts()),
+            )
+            image.recover, image.note = _image_suggestion(image)
+            images.append(image)
+        return images
+
+    def _suggest(self, flavors: Any) -> None:
+        orphans = list(flavors)
+        for orphan in orphans:
+            if not orphan.recoverable:
+                continue
+            command = f"recover flavor {shlex.quote(_flavor_token(orphan, orphans))}"
+            if orphan.conflicting_instances:
+                command += f" --from-instance {shlex.quote(orphan.conflicting_instances[0])}"
+            orphan.recover = command
+
+
+def _flavor_token(orphan: FlavorOrphan, orphans: list[FlavorOrphan]) -> str:
+    """The flavorid operators know, unless another orphan's name, id or flavorid is the same."""
+    fid = orphan.flavorid
+    if fid and not any(o is not orphan and fid in (o.name, str(o.id), o.flavorid) for o in orphans):
+        return fid
+    return str(orphan.id)
+
+
+def _image_suggestion(image: ImageOrphan) -> tuple[str | None, str | None]:
+    quoted = shlex.quote(image.id)
+    if image.status == "missing":
+        return None, "the images row was purged; recover cannot re-create it under the same id"
+    if image.store_file:
+        return f"recover image {quoted}", "the store still holds the data: un-delete only"
+    if image.hosts:
+        return (
+            f"recover image {quoted} --from-host {shlex.quote(image.hosts[0])}",
+            f"_base/{image.base_file} on a compute node that runs it",
+        )
+    return (
+        f"recover image {quoted} --base-file PATH",
+        "no compute node runs it: find a copy of _base/" + image.base_file,
+    )
+
+
+def scan(settings: Settings, now: datetime | None = None) -> Inventory:
+    """Run the inventory across every cell. Unreachable cells make it partial, not fatal."""
+    moment = now or datetime.now(timezone.utc).replace(tzinfo=None)
+    nova = open_nova(settings, allow_unreachable_cells=True)
+    try:
+        if not nova.cells:
+            reasons = "; ".join(err for _, err in nova.unreachable)
+            raise DatabaseError(f"no Nova cell database could be read: {reasons}")
+        glance = open_glance(settings)
+        try:
+            return _Scan(settings, nova, glance, moment).run()
+        finally:
+            glance.db.dispose()
+    finally:
+        nova.dispose()

@@ -1,0 +1,360 @@
+"""Read instances and flavor definitions from Nova cell and API databases.
+
+Every query here is set-based: one statement per table per cell, with the
+interesting ids passed as an expanding ``IN`` list, never one per instance.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, null, or_, select
+from sqlalchemy.engine import Connection, Row
+
+from recover.db.engine import Database
+from recover.db.schema import NovaApiSchema, NovaCellSchema
+
+#: Keys of a serialized Flavor that describe it (timestamps and ``deleted`` do not).
+FLAVOR_FIELDS = (
+    "id",
+    "flavorid",
+    "name",
+    "memory_mb",
+    "vcpus",
+    "root_gb",
+    "ephemeral_gb",
+    "swap",
+    "rxtx_factor",
+    "vcpu_weight",
+    "disabled",
+    "is_public",
+)
+#: Legacy (Juno and older) ``instance_system_metadata`` keys naming the flavor.
+SYSMETA_FLAVOR_KEYS = ("instance_type_id", "instance_type_flavorid", "instance_type_name")
+SHELVED_IMAGE_KEY = "shelved_image_id"
+IN_BATCH = 1000
+
+
+def chunks(values: Sequence[Any], size: int = IN_BATCH) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+@dataclass(frozen=True)
+class FlavorDef:
+    """A flavor definition, as Nova serializes it into ``instance_extra.flavor``."""
+
+    id: int
+    flavorid: str
+    name: str
+    memory_mb: int
+    vcpus: int
+    root_gb: int
+    ephemeral_gb: int
+    swap: int
+    rxtx_factor: float
+    vcpu_weight: int | None
+    disabled: bool
+    is_public: bool
+    extra_specs: tuple[tuple[str, str], ...] = ()
+    created_at: str | None = field(default=None, compare=False)
+
+    def differences(self, other: FlavorDef) -> list[str]:
+        names = [
+            f for f in (*FLAVOR_FIELDS, "extra_specs") if getattr(self, f) != getattr(other, f)
+        ]
+        return names
+
+
+class FlavorBlobError(ValueError):
+    """``instance_extra.flavor`` is not what Nova writes."""
+
+
+def _flavor_from_primitive(primitive: Any) -> FlavorDef | None:
+    if primitive is None:
+        return None
+    if not isinstance(primitive, dict) or not isinstance(primitive.get("nova_object.data"), dict):
+        raise FlavorBlobError("a flavor is not a serialized nova object")
+    data = primitive["nova_object.data"]
+    missing = [
+        k for k in ("id", "flavorid", "name", "memory_mb", "vcpus", "root_gb") if k not in data
+    ]
+    if missing:
+        raise FlavorBlobError(f"flavor lacks {missing[0]!r}")
+    specs = data.get("extra_specs") or {}
+    if not isinstance(specs, dict):
+        raise FlavorBlobError("extra_specs is not an object")
+    try:
+        return FlavorDef(
+            id=int(data["id"]),
+            flavorid=str(data["flavorid"]),
+            name=str(data["name"]),
+            memory_mb=int(data["memory_mb"]),
+            vcpus=int(data["vcpus"]),
+            root_gb=int(data["root_gb"]),
+            ephemeral_gb=int(data.get("ephemeral_gb") or 0),
+            swap=int(data.get("swap") or 0),
+            rxtx_factor=float(data.get("rxtx_factor", 1.0)),
+            vcpu_weight=None if data.get("vcpu_weight") is None else int(data["vcpu_weight"]),
+            # Very old instances lack these two; nova defaults them to False and True.
+            disabled=bool(data.get("disabled", False)),
+            is_public=bool(data.get("is_public", True)),
+            extra_specs=tuple(sorted((str(k), str(v)) for k, v in specs.items())),
+            created_at=data.get("created_at"),
+        )
+    except (TypeError, ValueError) as exc:
+        raise FlavorBlobError(f"bad flavor field: {exc}") from None
+
+
+def parse_flavor_blob(text: str | None) -> dict[str, FlavorDef | None]:
+    """Parse ``instance_extra.flavor`` (``{"cur": ..., "old": ..., "new": ...}``).
+
+    Shape: nova 34 ``nova/objects/instance.py`` ``_flavor_from_db``; unknown keys
+    (``nova_object.changes``, fields newer than ours) are ignored.
+    """
+    if text is None or not text.strip():
+        raise FlavorBlobError("instance_extra.flavor is empty")
+    try:
+        blob = json.loads(text)
+    except ValueError as exc:
+        reason = getattr(exc, "msg", str(exc))
+        raise FlavorBlobError(f"instance_extra.flavor is not valid JSON ({reason})") from None
+    if not isinstance(blob, dict) or "cur" not in blob:
+        raise FlavorBlobError("instance_extra.flavor has no 'cur' flavor")
+    return {key: _flavor_from_primitive(blob.get(key)) for key in ("cur", "old", "new")}
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    """A live instance that uses something orphaned."""
+
+    uuid: str
+    cell: str
+    host: str | None
+    node: str | None
+    vm_state: str | None
+    project_id: str | None
+    launched_at: datetime | None
+    flavor_id: int | None
+    image_ref: str | None
+    shelved_image_id: str | None
+
+
+class CellReader:
+    """Read-only queries against one Nova cell database."""
+
+    def __init__(self, name: str, db: Database, schema: NovaCellSchema) -> None:
+        self.name = name
+        self.db = db
+        self.schema = schema
+        self.instances = db.table("instances")
+
+    def connect(self) -> Connection:
+        return self.db.engine.connect()
+
+    def has_live_legacy_flavors(self, conn: Connection) -> bool:
+        """True when ``instance_types`` still holds live rows: the cloud is pre-Ocata.
+
+        Nova's own main-DB migration 345 refuses to run while any exist, so a live
+        row means flavors are still served from this table.
+        """
+        if not self.schema.has_legacy_flavors:
+            return False
+        types = self.db.table("instance_types")
+        return (
+            conn.execute(select(types.c.id).where(types.c.deleted == 0).limit(1)).first()
+            is not None
+        )
+
+    def referenced_flavor_ids(self, conn: Connection) -> set[int]:
+        i = self.instances
+        rows = conn.execute(
+            select(i.c.instance_type_id)
+            .where(i.c.deleted == 0, i.c.instance_type_id.is_not(None))
+            .group_by(i.c.instance_type_id)
+        )
+        return {int(r[0]) for r in rows}
+
+    def referenced_image_ids(self, conn: Connection) -> set[str]:
+        """Boot images (``image_ref``; ``''`` is boot-from-volume) and shelve snapshots."""
+        i = self.instances
+        refs = {
+            r[0]
+            for r in conn.execute(
+                select(i.c.image_ref)
+                .where(i.c.deleted == 0, i.c.image_ref.is_not(None), i.c.image_ref != "")
+                .group_by(i.c.image_ref)
+            )
+        }
+        if self.db.has_table("instance_system_metadata"):
+            sm = self.db.table("instance_system_metadata")
+            refs |= {
+                r[0]
+                for r in conn.execute(
+                    select(sm.c.value)
+                    .join(i, i.c.uuid == sm.c.instance_uuid)
+                    .where(
+                        i.c.deleted == 0,
+                        i.c.vm_state == "shelved_offloaded",
+                        sm.c.key == SHELVED_IMAGE_KEY,
+                        sm.c.deleted == 0,
+                        sm.c.value.is_not(None),
+                        sm.c.value != "",
+                    )
+                    .group_by(sm.c.value)
+                )
+            }
+        return refs
+
+    def instances_using(
+        self, conn: Connection, flavor_ids: Iterable[int], image_ids: Iterable[str]
+    ) -> list[InstanceRef]:
+        flavor_list = sorted(set(flavor_ids))
+        image_list = sorted(set(image_ids))
+        if not flavor_list and not image_list:
+            return []
+        i = self.instances
+        has_sm = self.db.has_table("instance_system_metadata")
+        conditions = []
+        if flavor_list:
+            conditions.append(i.c.instance_type_id.in_(flavor_list))
+        if image_list:
+            conditions.append(i.c.image_ref.in_(image_list))
+        columns = [
+            i.c.uuid,
+            i.c.host,
+            i.c.node,
+            i.c.vm_state,
+            i.c.project_id,
+            i.c.launched_at,
+            i.c.instance_type_id,
+            i.c.image_ref,
+        ]
+        if has_sm:
+            sm = self.db.table("instance_system_metadata")
+            shelved = sm.alias("shelved")
+            if image_list:
+                conditions.append(
+                    i.c.uuid.in_(
+                        select(sm.c.instance_uuid).where(
+                            sm.c.key == SHELVED_IMAGE_KEY,
+                            sm.c.deleted == 0,
+                            sm.c.value.in_(image_list),
+                        )
+                    )
+                )
+            query = select(*columns, shelved.c.value.label("shelved_image_id")).select_from(
+                i.outerjoin(
+                    shelved,
+                    and_(
+                        shelved.c.instance_uuid == i.c.uuid,
+                        shelved.c.key == SHELVED_IMAGE_KEY,
+                        shelved.c.deleted == 0,
+                        i.c.vm_state == "shelved_offloaded",
+                    ),
+                )
+            )
+        else:
+            query = select(*columns, null().label("shelved_image_id"))
+        rows = conn.execute(query.where(i.c.deleted == 0, or_(*conditions)).order_by(i.c.uuid))
+        return [self._instance(r) for r in rows]
+
+    def _instance(self, row: Any) -> InstanceRef:
+        return InstanceRef(
+            uuid=row.uuid,
+            cell=self.name,
+            host=row.host,
+            node=row.node,
+            vm_state=row.vm_state,
+            project_id=row.project_id,
+            launched_at=row.launched_at,
+            flavor_id=row.instance_type_id,
+            image_ref=row.image_ref,
+            shelved_image_id=row.shelved_image_id,
+        )
+
+    def flavor_blobs(
+        self, conn: Connection, flavor_ids: Iterable[int]
+    ) -> list[tuple[str, int, str]]:
+        """``(instance uuid, instance_type_id, instance_extra.flavor)`` of live instances."""
+        ids = sorted(set(flavor_ids))
+        if not ids or not self.schema.has_instance_extra:
+            return []
+        i, ie = self.instances, self.db.table("instance_extra")
+        rows = conn.execute(
+            select(i.c.uuid, i.c.instance_type_id, ie.c.flavor)
+            .join(ie, ie.c.instance_uuid == i.c.uuid)
+            .where(
+                i.c.deleted == 0,
+                ie.c.deleted == 0,
+                i.c.instance_type_id.in_(ids),
+                ie.c.flavor.is_not(None),
+            )
+            .order_by(i.c.uuid)
+        )
+        return [(r[0], int(r[1]), r[2]) for r in rows]
+
+    def sysmeta_flavor_instances(
+        self, conn: Connection, flavor_ids: Iterable[int]
+    ) -> dict[int, set[str]]:
+        """Instances whose legacy ``instance_type_*`` sysmeta keys describe the flavor.
+
+        Kilo's ``migrate_flavor_data`` soft-deleted these rows, so deleted ones count.
+        """
+        ids = sorted(set(flavor_ids))
+        if not ids or not self.db.has_table("instance_system_metadata"):
+            return {}
+        i, sm = self.instances, self.db.table("instance_system_metadata")
+        rows = conn.execute(
+            select(i.c.instance_type_id, sm.c.instance_uuid)
+            .join(i, i.c.uuid == sm.c.instance_uuid)
+            .where(i.c.deleted == 0, i.c.instance_type_id.in_(ids), sm.c.key == "instance_type_id")
+            .group_by(i.c.instance_type_id, sm.c.instance_uuid)
+        )
+        found: dict[int, set[str]] = {}
+        for flavor_id, uuid in rows:
+            found.setdefault(int(flavor_id), set()).add(uuid)
+        return found
+
+    def legacy_flavor_rows(
+        self, conn: Connection, flavor_ids: Iterable[int]
+    ) -> dict[int, tuple[str, Row[Any]]]:
+        """``id -> (table, row)`` from ``instance_types``, then ``shadow_instance_types``."""
+        ids = sorted(set(flavor_ids))
+        found: dict[int, tuple[str, Row[Any]]] = {}
+        for table_name in ("instance_types", "shadow_instance_types"):
+            wanted = [x for x in ids if x not in found]
+            if not wanted or not self.db.has_table(table_name):
+                continue
+            table = self.db.table(table_name)
+            for row in conn.execute(select(table).where(table.c.id.in_(wanted))):
+                found[int(row.id)] = (table_name, row)
+        return found
+
+
+class ApiReader:
+    """Read-only queries against the nova_api database."""
+
+    def __init__(self, db: Database, schema: NovaApiSchema) -> None:
+        self.db = db
+        self.schema = schema
+
+    def has_flavors(self, conn: Connection) -> bool:
+        if not self.schema.has_flavors:
+            return False
+        flavors = self.db.table("flavors")
+        return conn.execute(select(flavors.c.id).limit(1)).first() is not None
+
+    def live_flavor_ids(self, conn: Connection, flavor_ids: Iterable[int]) -> set[int]:
+        flavors = self.db.table("flavors")
+        ids = sorted(set(flavor_ids))
+        live: set[int] = set()
+        for batch in chunks(ids):
+            live |= {
+                int(r[0]) for r in conn.execute(select(flavors.c.id).where(flavors.c.id.in_(batch)))
+            }
+        return live

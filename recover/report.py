@@ -1,0 +1,195 @@
+"""Render an inventory as a table (for people), JSON (for tools) or CSV (for spreadsheets).
+
+Everything is sorted so two runs over the same cloud print the same bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import textwrap
+from datetime import datetime
+from typing import Any
+
+from recover.inventory import (
+    FLAVOR_RISKS,
+    AffectedInstance,
+    FlavorOrphan,
+    ImageOrphan,
+    Inventory,
+)
+
+WIDTH = 80
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.isoformat(sep=" ") if value is not None else None
+
+
+def flavor_dict(orphan: FlavorOrphan) -> dict[str, Any]:
+    return {
+        "id": orphan.id,
+        "flavorid": orphan.flavorid,
+        "name": orphan.name,
+        "state": orphan.state,
+        "deleted_at": _ts(orphan.deleted_at),
+        "instances": [i.uuid for i in orphan.instances],
+        "cells": sorted({i.cell for i in orphan.instances}),
+        "long_running": sorted(i.uuid for i in orphan.instances if i.long_running),
+        "sources": {
+            "row": orphan.row_table,
+            "instance_extra": orphan.definitions_from_instance_extra,
+            "system_metadata": orphan.definitions_from_system_metadata,
+        },
+        "conflicting_instances": orphan.conflicting_instances,
+        "at_risk": list(FLAVOR_RISKS),
+        "recover": orphan.recover,
+    }
+
+
+def image_dict(orphan: ImageOrphan) -> dict[str, Any]:
+    return {
+        "id": orphan.id,
+        "name": orphan.name,
+        "status": orphan.status,
+        "deleted_at": _ts(orphan.deleted_at),
+        "disk_format": orphan.disk_format,
+        "size": orphan.size,
+        "snapshot": orphan.snapshot,
+        "instances": [i.uuid for i in orphan.instances],
+        "shelved_instances": orphan.shelved_instances,
+        "cells": sorted({i.cell for i in orphan.instances}),
+        "long_running": sorted(i.uuid for i in orphan.instances if i.long_running),
+        "hosts": orphan.hosts,
+        "base_file": orphan.base_file,
+        "store_file": orphan.store_file,
+        "deleted_children": orphan.children.as_dict(),
+        "at_risk": orphan.at_risk,
+        "recover": orphan.recover,
+        "note": orphan.note,
+    }
+
+
+def as_dict(inventory: Inventory) -> dict[str, Any]:
+    return {
+        "flavors": [flavor_dict(f) for f in inventory.flavors],
+        "images": [image_dict(i) for i in inventory.images],
+        "cells": [{"name": c.name, "ok": c.ok, "error": c.error} for c in inventory.cells],
+        "partial": inventory.partial,
+        "flavor_store": inventory.flavor_store,
+        "glance_schema": inventory.glance_generation,
+        "store_dir": inventory.store_dir,
+        "scanned_at": _ts(inventory.scanned_at),
+        "warnings": inventory.warnings,
+    }
+
+
+def render_json(inventory: Inventory) -> str:
+    return json.dumps(as_dict(inventory), indent=2, sort_keys=True) + "\n"
+
+
+CSV_COLUMNS = (
+    "kind",
+    "id",
+    "name",
+    "state",
+    "instance",
+    "cell",
+    "host",
+    "vm_state",
+    "launched_at",
+    "long_running",
+    "recover",
+)
+
+
+def render_csv(inventory: Inventory) -> str:
+    """One row per (orphan, instance)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+
+    def rows(kind: str, oid: str, name: str | None, state: str, recover: str | None,
+             instances: list[AffectedInstance]) -> None:  # fmt: skip
+        for inst in instances:
+            writer.writerow(
+                (kind, oid, name or "", state, inst.uuid, inst.cell, inst.host or "",
+                 inst.vm_state or "", _ts(inst.launched_at) or "",
+                 "yes" if inst.long_running else "no", recover or "")
+            )  # fmt: skip
+
+    for f in inventory.flavors:
+        rows("flavor", str(f.id), f.name, f.state, f.recover, f.instances)
+    for i in inventory.images:
+        rows("image", i.id, i.name, i.status, i.recover, i.instances)
+    return out.getvalue()
+
+
+def _wrap(label: str, items: list[str]) -> list[str]:
+    text = ", ".join(items) if items else "-"
+    return textwrap.wrap(
+        text,
+        width=WIDTH,
+        initial_indent=f"    {label}: ",
+        subsequent_indent=" " * (len(label) + 6),
+        break_on_hyphens=False,
+    )
+
+
+def _instances_line(instances: list[AffectedInstance]) -> list[str]:
+    lines = _wrap(f"instances ({len(instances)})", [i.uuid for i in instances])
+    old = [i for i in instances if i.long_running]
+    if old:
+        lines.append(f"    running > 365 days: {len(old)} of {len(instances)}")
+    return lines
+
+
+def render_table(inventory: Inventory) -> str:
+    lines: list[str] = []
+    lines.append(f"Deleted flavors still used by live instances: {len(inventory.flavors)}")
+    for f in inventory.flavors:
+        head = f"  flavor {f.id}  flavorid {f.flavorid or '?'}  {f.name or '(name unknown)'}"
+        lines.append(f"{head}  [{f.state}]")
+        lines.extend(_instances_line(f.instances))
+        sources = []
+        if f.row_table:
+            sources.append(f"{f.row_table} row")
+        if f.definitions_from_instance_extra:
+            sources.append(f"instance_extra.flavor of {f.definitions_from_instance_extra}")
+        if f.definitions_from_system_metadata:
+            sources.append(f"system_metadata of {f.definitions_from_system_metadata}")
+        lines.extend(_wrap("definition from", sources or ["nothing found"]))
+        if f.conflicting_instances:
+            lines.extend(_wrap("definitions differ in", f.conflicting_instances))
+        lines.append(f"    recover: {f.recover}" if f.recover else "    recover: no source left")
+    lines.append("")
+    lines.append(f"Deleted images still used by live instances: {len(inventory.images)}")
+    for i in inventory.images:
+        lines.append(f"  image {i.id}  [{i.status}]")
+        details = [i.name or "(name unknown)", i.disk_format or "?"]
+        if i.snapshot:
+            details.append("snapshot")
+        if i.store_file is not None:
+            details.append("store file present" if i.store_file else "store file gone")
+        lines.extend(_wrap("image", details))
+        lines.extend(_instances_line(i.instances))
+        if i.shelved_instances:
+            lines.extend(_wrap("shelved-offloaded", i.shelved_instances))
+        lines.extend(_wrap("hosts", i.hosts))
+        lines.append(f"    _base file: {i.base_file}")
+        lines.append(f"    recover: {i.recover}" if i.recover else f"    recover: no ({i.note})")
+    lines.append("")
+    scanned = ", ".join(f"{c.name}" + ("" if c.ok else " (UNREACHABLE)") for c in inventory.cells)
+    lines.extend(textwrap.wrap(f"Cells: {scanned}", width=WIDTH, subsequent_indent="  "))
+    affected = {a.uuid for f in inventory.flavors for a in f.instances}
+    affected |= {a.uuid for i in inventory.images for a in i.instances}
+    lines.append(
+        f"Summary: {len(inventory.flavors)} flavor(s), {len(inventory.images)} image(s), "
+        f"{len(affected)} instance(s) affected"
+        + ("; PARTIAL: some cells were not scanned" if inventory.partial else "")
+    )
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS = {"table": render_table, "json": render_json, "csv": render_csv}
