@@ -405,6 +405,8 @@ def scan(settings: Settings, now: datetime | None = None) -> Inventory:
     nova = open_nova(settings, allow_unreachable_cells=True)
     try:
         if not nova.cells:
+            if len(nova.unreachable) == 1:
+                raise DatabaseError(nova.unreachable[0][1])
             reasons = "; ".join(err for _, err in nova.unreachable)
             raise DatabaseError(f"no Nova cell database could be read: {reasons}")
         glance = open_glance(settings)

@@ -26,7 +26,8 @@ _known_secrets: set[str] = set()
 
 def remember_secret(secret: str | None) -> None:
     """Register a secret (a password or token) so :func:`scrub` removes it verbatim."""
-    if secret and len(secret) >= 3:
+    # Very short secrets would mangle ordinary words; URL-shaped ones are masked anyway.
+    if secret and len(secret) >= 4:
         _known_secrets.add(secret)
 
 

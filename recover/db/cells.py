@@ -56,12 +56,13 @@ def _format_template(template: str, base: URL) -> str:
     return template.format(**values)
 
 
-def _name_from_url(url: str) -> str:
+def _name_from_url(url: str, position: int) -> str:
     try:
         parsed = parse_url(url, "nova")
     except DatabaseError:
-        return "cell"
-    return (parsed.database or "cell").rsplit("/", 1)[-1]
+        parsed = None
+    name = parsed.database if parsed is not None else None
+    return name.rsplit("/", 1)[-1] if name else f"#{position}"
 
 
 def cell_targets(settings: Settings, api: Database | None) -> list[CellTarget]:
@@ -70,8 +71,8 @@ def cell_targets(settings: Settings, api: Database | None) -> list[CellTarget]:
     if explicit:
         targets: list[CellTarget] = []
         seen: dict[str, int] = {}
-        for value in explicit:
-            name = _name_from_url(value.value)
+        for position, value in enumerate(explicit, start=1):
+            name = _name_from_url(value.value, position)
             seen[name] = seen.get(name, 0) + 1
             if seen[name] > 1:
                 name = f"{name}#{seen[name]}"

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import create_engine
 
 from recover.config import resolve
-from recover.db.engine import open_database
+from recover.db.engine import Database, open_database
 from recover.demo.schema import glance_metadata, nova_metadata
 from recover.errors import RecoverError
 from recover.images import qemu
@@ -108,37 +108,10 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def build_sandbox(directory: Path) -> Path:
-    """Lay out the sandbox cloud in ``directory``; return the path of recover.ini."""
-    root = _prepare(directory)
-    nova_url = f"sqlite:///{root / 'nova.sqlite'}"
-    glance_url = f"sqlite:///{root / 'glance.sqlite'}"
-    for url, metadata in ((nova_url, nova_metadata()), (glance_url, glance_metadata())):
-        engine = create_engine(url)
-        metadata.create_all(engine)
-        engine.dispose()
-    store = root / STORE
-    store.mkdir(parents=True)
-    base_dir = root / "compute" / HOST / "var/lib/nova/instances/_base"
-    base_dir.mkdir(parents=True)
-
-    # The snapshot as Glance stored it (qcow2), and the raw _base file nova made from it.
-    work = root / "work"
-    work.mkdir()
-    _seed_disk(work / "guest.raw")
-    snapshot = work / f"{SNAPSHOT}.qcow2"
-    qemu.convert(work / "guest.raw", "raw", snapshot, "qcow2")
-    base = base_dir / base_file_name(SNAPSHOT)
-    qemu.convert(snapshot, "qcow2", base, "raw")  # nova virt/images.py fetch_to_raw
-    for uuid in (INSTANCE, SECOND_VICTIM):
-        disk_dir = base_dir.parent / uuid
-        disk_dir.mkdir()
-        qemu.create_overlay(disk_dir / "disk", base, "raw")
-    snapshot_md5, snapshot_size = _md5(snapshot), snapshot.stat().st_size
-    shutil.rmtree(work)  # Glance deleted the file from its store with the image
-
-    nova = open_database(nova_url, "nova")
-    glance = open_database(glance_url, "glance")
+def write_incident(
+    nova: Database, glance: Database, store: Path, snapshot_md5: str, snapshot_size: int
+) -> None:
+    """The incident's rows, on any Mitaka-shaped Nova and Glance database (SQLite or MariaDB)."""
     with nova.engine.begin() as conn:
         swap_id = create_legacy_flavor(conn, nova, SWAP_FLAVOR)
         small_id = create_legacy_flavor(conn, nova, SMALL_FLAVOR)
@@ -178,6 +151,40 @@ def build_sandbox(directory: Path) -> Path:
             location=f"file://{store / CIRROS}",
         ))  # fmt: skip
         delete_image(conn, glance, SNAPSHOT, datetime(2017, 9, 21, 11, 3, 57))
+
+
+def build_sandbox(directory: Path) -> Path:
+    """Lay out the sandbox cloud in ``directory``; return the path of recover.ini."""
+    root = _prepare(directory)
+    nova_url = f"sqlite:///{root / 'nova.sqlite'}"
+    glance_url = f"sqlite:///{root / 'glance.sqlite'}"
+    for url, metadata in ((nova_url, nova_metadata()), (glance_url, glance_metadata())):
+        engine = create_engine(url)
+        metadata.create_all(engine)
+        engine.dispose()
+    store = root / STORE
+    store.mkdir(parents=True)
+    base_dir = root / "compute" / HOST / "var/lib/nova/instances/_base"
+    base_dir.mkdir(parents=True)
+
+    # The snapshot as Glance stored it (qcow2), and the raw _base file nova made from it.
+    work = root / "work"
+    work.mkdir()
+    _seed_disk(work / "guest.raw")
+    snapshot = work / f"{SNAPSHOT}.qcow2"
+    qemu.convert(work / "guest.raw", "raw", snapshot, "qcow2")
+    base = base_dir / base_file_name(SNAPSHOT)
+    qemu.convert(snapshot, "qcow2", base, "raw")  # nova virt/images.py fetch_to_raw
+    for uuid in (INSTANCE, SECOND_VICTIM):
+        disk_dir = base_dir.parent / uuid
+        disk_dir.mkdir()
+        qemu.create_overlay(disk_dir / "disk", base, "raw")
+    snapshot_md5, snapshot_size = _md5(snapshot), snapshot.stat().st_size
+    shutil.rmtree(work)  # Glance deleted the file from its store with the image
+
+    nova = open_database(nova_url, "nova")
+    glance = open_database(glance_url, "glance")
+    write_incident(nova, glance, store, snapshot_md5, snapshot_size)
     nova.dispose()
     glance.dispose()
     (store / CIRROS).write_bytes(b"")  # a live image's file, so the store looks lived-in

@@ -1,0 +1,103 @@
+"""Helpers shared by the tests: binary look-up and exact database snapshots.
+
+Import them as ``from tests.helpers import dump_rows, require_binary``; ``pytest``
+run from the repository root puts the root on ``sys.path`` because ``tests/`` is
+a package.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+"""The repository root (the folder holding ``pyproject.toml``)."""
+
+SCHEMA_DIR = REPO_ROOT / "sql" / "schemas"
+"""Where the ``<schema>.sql`` DDL dumps live (see ``sql/schemas/README.md``)."""
+
+# Daemons live in sbin folders, which are not on a non-root user's PATH.
+_SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+def in_ci() -> bool:
+    """True when the environment variable ``CI`` says we run in CI (``CI=true``)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def find_binary(name: str) -> str | None:
+    """Absolute path of executable ``name`` on ``PATH`` or in an sbin folder, else ``None``."""
+    found = shutil.which(name)
+    if found:
+        return found
+    return shutil.which(name, path=os.pathsep.join(_SBIN_DIRS))
+
+
+def require_binary(name: str) -> str:
+    """Return the absolute path of executable ``name``, or end the test.
+
+    A missing binary is a broken machine in CI (``CI=true``): the test fails. On a
+    developer machine the test is skipped, with the Debian package to install.
+    Usable in tests and fixtures, e.g. ``require_binary("qemu-img")``.
+    """
+    path = find_binary(name)
+    if path is not None:
+        return path
+    message = f"required executable {name!r} not found on PATH or in {', '.join(_SBIN_DIRS)}"
+    package = _DEBIAN_PACKAGES.get(name)
+    if package:
+        message += f" (Debian: apt-get install {package}; or run scripts/test as root)"
+    if in_ci():
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+_DEBIAN_PACKAGES = {
+    "mariadbd": "mariadb-server",
+    "mariadb-install-db": "mariadb-server",
+    "mysql_install_db": "mariadb-server",
+    "mariadb": "mariadb-client",
+    "qemu-img": "qemu-utils",
+    "sshd": "openssh-server",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+}
+
+
+def _sort_key(row: tuple[Any, ...]) -> tuple[tuple[int, Any], ...]:
+    # NULLs sort last; non-NULL values of one column share a Python type.
+    return tuple((0, value) if value is not None else (1, 0) for value in row)
+
+
+def dump_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every base table of the database at SQLAlchemy ``url``.
+
+    Returns ``{table: sorted list of row tuples}`` with one key per table, empty
+    tables included, so two dumps compare equal only if no row (and no table)
+    was added, removed or changed. Values are what PyMySQL returns (``int``,
+    ``str``, ``Decimal``, ``datetime``, ``bytes`` ...). Meant for small test
+    databases: it reads everything.
+    """
+    engine = sa.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            tables = conn.execute(
+                sa.text(
+                    "SELECT TABLE_NAME FROM information_schema.TABLES"
+                    " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_TYPE = 'BASE TABLE'"
+                )
+            ).scalars()
+            result: dict[str, list[tuple[Any, ...]]] = {}
+            for table in sorted(tables):
+                quoted = "`" + table.replace("`", "``") + "`"
+                rows = [tuple(row) for row in conn.execute(sa.text(f"SELECT * FROM {quoted}"))]
+                result[table] = sorted(rows, key=_sort_key)
+            return result
+    finally:
+        engine.dispose()

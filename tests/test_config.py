@@ -1,0 +1,158 @@
+"""Configuration precedence: flag > env > --config > nova.conf/glance-api.conf > defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recover.config import DEFAULT_STORE_DIR, read_glance_conf, resolve
+from recover.errors import ConfigError
+from recover.secrets import mask_url, scrub
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, str]:
+    return {
+        "ini": write(
+            tmp_path / "recover.ini",
+            "[recover]\nglance_db = mysql+pymysql://g:ini@ini/glance\n"
+            "nova_api_db = mysql+pymysql://n:ini@ini/nova_api\nstore_dir = /ini/store\n",
+        ),
+        "nova": write(
+            tmp_path / "nova.conf",
+            "[DEFAULT]\ndebug = true\n[api_database]\nconnection = mysql+pymysql://n:conf@c/nova_api\n"
+            "[database]\nconnection = mysql+pymysql://n:conf@c/nova\n",
+        ),
+        "glance": write(
+            tmp_path / "glance-api.conf",
+            "[database]\nconnection = mysql+pymysql://g:conf@c/glance\n"
+            "[glance_store]\nfilesystem_store_datadir = /conf/images\n",
+        ),
+    }
+
+
+def test_defaults_when_nothing_is_given() -> None:
+    settings = resolve({}, environ={})
+    assert settings.glance_db is None
+    assert settings.nova_api_db is None
+    assert settings.cell_urls() == ()
+    assert (settings.store_dir.value, settings.store_dir.source) == (DEFAULT_STORE_DIR, "default")
+
+
+def test_service_files_are_the_lowest_configured_layer(files: dict[str, str]) -> None:
+    settings = resolve({"nova_conf": files["nova"], "glance_conf": files["glance"]}, environ={})
+    assert settings.nova_api_db is not None
+    assert settings.nova_api_db.value == "mysql+pymysql://n:conf@c/nova_api"
+    assert settings.glance_db is not None and settings.glance_db.value.endswith("@c/glance")
+    assert settings.store_dir.value == "/conf/images"
+    # With an API database, nova.conf's [database] is not an explicit cell list: discovery wins.
+    assert settings.cell_urls() == ()
+
+
+def test_config_file_beats_service_files(files: dict[str, str]) -> None:
+    settings = resolve(
+        {"config": files["ini"], "nova_conf": files["nova"], "glance_conf": files["glance"]},
+        environ={},
+    )
+    assert settings.glance_db is not None and settings.glance_db.value.endswith("@ini/glance")
+    assert settings.store_dir.value == "/ini/store"
+    assert settings.nova_api_db is not None and "@ini/" in settings.nova_api_db.value
+
+
+def test_env_beats_config_file_and_flag_beats_env(files: dict[str, str]) -> None:
+    env = {
+        "RECOVER_CONFIG": files["ini"],
+        "RECOVER_GLANCE_DB": "mysql+pymysql://g:env@env/glance",
+        "RECOVER_STORE_DIR": "/env/store",
+        "RECOVER_NOVA_DB": "mysql+pymysql://a@h/cell1, mysql+pymysql://a@h/cell2",
+    }
+    settings = resolve({}, environ=env)
+    assert settings.glance_db is not None and settings.glance_db.value.endswith("@env/glance")
+    assert settings.glance_db.source == "RECOVER_GLANCE_DB"
+    assert settings.store_dir.value == "/env/store"
+    assert [v.value for v in settings.cell_urls()] == [
+        "mysql+pymysql://a@h/cell1",
+        "mysql+pymysql://a@h/cell2",
+    ]
+    settings = resolve(
+        {"glance_db": "sqlite:///flag.db", "store_dir": "/flag", "nova_db": ("sqlite:///c.db",)},
+        environ=env,
+    )
+    assert settings.glance_db is not None
+    assert (settings.glance_db.value, settings.glance_db.source) == (
+        "sqlite:///flag.db",
+        "--glance-db",
+    )
+    assert settings.store_dir.value == "/flag"
+    assert [v.value for v in settings.cell_urls()] == ["sqlite:///c.db"]
+
+
+def test_pre_newton_nova_conf_gives_the_cell(tmp_path: Path) -> None:
+    conf = write(tmp_path / "nova.conf", "[database]\nconnection = mysql+pymysql://n:p@db/nova\n")
+    settings = resolve({"nova_conf": conf}, environ={})
+    assert settings.nova_api_db is None
+    assert [v.value for v in settings.cell_urls()] == ["mysql+pymysql://n:p@db/nova"]
+
+
+def test_glance_multistore_datadir_comes_from_default_backend(tmp_path: Path) -> None:
+    conf = write(
+        tmp_path / "glance-api.conf",
+        "[DEFAULT]\nenabled_backends = ceph:rbd, fast:file, slow:file\nhashing_algorithm = sha256\n"
+        "[glance_store]\ndefault_backend = fast\nfilesystem_store_datadir = /ignored\n"
+        "[fast]\nfilesystem_store_datadir = /srv/fast\n[slow]\nfilesystem_store_datadir = /srv/slow\n",
+    )
+    glance = read_glance_conf(conf)
+    assert (glance.store_dir, glance.store_id, glance.hashing_algorithm) == (
+        "/srv/fast",
+        "fast",
+        "sha256",
+    )
+
+
+def test_glance_default_backend_on_rbd_has_no_filesystem_dir(tmp_path: Path) -> None:
+    conf = write(
+        tmp_path / "glance-api.conf",
+        "[DEFAULT]\nenabled_backends = ceph:rbd\n[glance_store]\ndefault_backend = ceph\n",
+    )
+    assert read_glance_conf(conf).store_dir is None
+    assert resolve({"glance_conf": conf}, environ={}).store_dir.value == DEFAULT_STORE_DIR
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("not an ini file at all\n", "is not a valid ini file"),
+        ("[other]\nx = 1\n", "has no [recover] section"),
+        ("[recover]\nglance_url = x\n", "unknown key 'glance_url'"),
+    ],
+)
+def test_bad_config_file(tmp_path: Path, content: str, message: str) -> None:
+    path = write(tmp_path / "bad.ini", content)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        resolve({"config": path}, environ={})
+
+
+def test_missing_and_binary_config_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve({"config": str(tmp_path / "nope.ini")}, environ={})
+    binary = tmp_path / "bin.ini"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        resolve({"config": str(binary)}, environ={})
+
+
+def test_passwords_are_masked_everywhere(files: dict[str, str]) -> None:
+    resolve({"glance_db": "mysql+pymysql://glance:Gl4nce-pw@db/glance"}, environ={})
+    assert mask_url("mysql+pymysql://nova:s3cret@db/nova") == "mysql+pymysql://nova:***@db/nova"
+    assert scrub("at mysql://nova:s3cret@db/x failed") == "at mysql://nova:***@db/x failed"
+    # A password we were configured with disappears even when a driver quotes it bare.
+    assert (
+        scrub("denied, password was 'Gl4nce-pw' (Gl4nce-pw)") == "denied, password was '***' (***)"
+    )
+    assert scrub("OS_PASSWORD=hunter2 token: abc") == "OS_PASSWORD=*** token: ***"
