@@ -7,6 +7,8 @@ becomes one ``Error: ...`` line on stderr and exit 1; tracebacks only with
 
 from __future__ import annotations
 
+import json
+import shlex
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -20,7 +22,9 @@ from recover import __version__
 from recover.config import ENV_VARS, Settings, resolve
 from recover.db.engine import describe_db_error
 from recover.errors import ExitCode, PartialScanError, RecoverError
+from recover.plan import Plan, render_sql
 from recover.secrets import remember_secret, scrub
+from recover.write import Confirm, Outcome, describe, execute, mark_undone, plan_undo
 
 
 @dataclass
@@ -184,6 +188,124 @@ def inventory(app: AppContext, fmt: str, fail_on_orphans: bool) -> None:
         )
     if fail_on_orphans and result.has_orphans:
         sys.exit(int(ExitCode.ORPHANS_FOUND))
+
+
+def _confirm_on_terminal() -> Confirm | None:
+    """Ask on the terminal, showing the plan and its SQL; None when there is no terminal."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return None
+
+    def confirm(plan: Plan) -> bool:
+        click.echo(render_sql(plan), err=True)
+        click.echo(describe(plan), err=True, nl=False)
+        return click.confirm("Apply these changes?", default=False, err=True)
+
+    return confirm
+
+
+def _report(outcome: Outcome, fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(outcome.as_dict(), indent=2, sort_keys=True))
+    elif outcome.status == "dry-run":
+        click.echo(outcome.sql, nl=False)
+    else:
+        click.echo(f"Done: {outcome.plan.title}")
+        for line in (*outcome.plan.notes, *outcome.plan.summary()):
+            click.echo(f"  {line}")
+        click.echo(f"Journal: {outcome.journal}")
+        click.echo(f"Undo:    recover undo {outcome.journal}")
+
+
+def _command_line() -> str:
+    return scrub(" ".join(shlex.quote(a) for a in ["recover", *sys.argv[1:]]))
+
+
+WRITE_OPTIONS = [
+    click.option("--dry-run", is_flag=True, help="Print the exact SQL; change nothing."),
+    click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (for scripts)."),
+]
+
+
+def write_options(func: Any) -> Any:
+    for option in reversed(WRITE_OPTIONS):
+        func = option(func)
+    return func
+
+
+@cli.command()
+@click.argument("flavor")
+@click.option(
+    "--from-instance",
+    metavar="UUID",
+    help="Newton+: the instance whose embedded flavor to trust when instances disagree.",
+)
+@write_options
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="Report format.")  # fmt: skip
+@click.pass_obj
+def flavor(
+    app: AppContext, flavor: str, from_instance: str | None, dry_run: bool, yes: bool, fmt: str
+) -> None:
+    """Bring a deleted flavor back with its original internal id and flavorid.
+
+    FLAVOR is the flavorid, the name, or the internal id
+    (instances.instance_type_id); pin the kind with id:7, flavorid:7 or
+    name:m1.small when they clash. Pre-Newton clouds: un-deletes the
+    instance_types row and the extra specs and projects deleted with it (or
+    moves it back from shadow_instance_types). Newton+: re-inserts it into
+    nova_api from the live instances' instance_extra.flavor.
+
+    Refuses, changing nothing, when the flavor is live, when a live flavor
+    has its name or flavorid, or when no source is left. Every run writes a
+    journal first ($RECOVER_STATE_DIR, default ~/.local/state/recover/journal).
+
+    \b
+    Examples:
+      recover --config /etc/recover.ini flavor m1.legacy --dry-run
+      recover --config /etc/recover.ini flavor 7 --yes
+      recover --config /etc/recover.ini flavor gold.large --from-instance 1b2c...
+    """
+    from recover.flavors import plan_flavor
+
+    recovery = plan_flavor(app.settings, flavor, from_instance)
+    try:
+        for message in recovery.warnings:
+            warn(message)
+        outcome = execute(recovery.plan, dry_run=dry_run, yes=yes, command=_command_line(),
+                          confirm=_confirm_on_terminal())  # fmt: skip
+    finally:
+        recovery.nova.dispose()
+    _report(outcome, fmt)
+
+
+@cli.command()
+@click.argument("journal_file", metavar="JOURNAL_FILE", type=click.Path(path_type=Path))
+@write_options
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="Report format.")  # fmt: skip
+@click.pass_obj
+def undo(app: AppContext, journal_file: Path, dry_run: bool, yes: bool, fmt: str) -> None:
+    """Reverse what a journal recorded: put the rows back as they were.
+
+    Connects with the current settings to the database the journal names,
+    and refuses (changing nothing) if any row changed since the journal was
+    written. The undo writes a journal of its own.
+
+    \b
+    Examples:
+      recover --config /etc/recover.ini undo JOURNAL_FILE --dry-run
+      recover --config /etc/recover.ini undo \\
+        ~/.local/state/recover/journal/20261124T020000000000Z-flavor-7.json --yes
+    """
+    plan = plan_undo(app.settings, journal_file)
+    try:
+        outcome = execute(plan, dry_run=dry_run, yes=yes, command=_command_line(),
+                          confirm=_confirm_on_terminal())  # fmt: skip
+        if outcome.status == "applied":
+            mark_undone(journal_file, outcome.journal)
+    finally:
+        plan.db.dispose()
+    _report(outcome, fmt)
 
 
 @cli.command("rbd-features")

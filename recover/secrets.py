@@ -13,6 +13,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 MASK = "***"
+#: Secrets at least this long are also masked wherever they appear verbatim.
+MIN_VERBATIM = 8
 
 # scheme://user:password@host -> scheme://user:***@host, wherever it appears in a text.
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s'\"]*:)[^@\s'\"]+@")
@@ -26,8 +28,9 @@ _known_secrets: set[str] = set()
 
 def remember_secret(secret: str | None) -> None:
     """Register a secret (a password or token) so :func:`scrub` removes it verbatim."""
-    # Very short secrets would mangle ordinary words; URL-shaped ones are masked anyway.
-    if secret and len(secret) >= 4:
+    # A short password ("nova" on a devstack) would mangle ordinary words in every message;
+    # passwords inside URLs are masked by pattern whatever their length.
+    if secret and len(secret) >= MIN_VERBATIM:
         _known_secrets.add(secret)
 
 

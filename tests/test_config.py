@@ -156,3 +156,9 @@ def test_passwords_are_masked_everywhere(files: dict[str, str]) -> None:
         scrub("denied, password was 'Gl4nce-pw' (Gl4nce-pw)") == "denied, password was '***' (***)"
     )
     assert scrub("OS_PASSWORD=hunter2 token: abc") == "OS_PASSWORD=*** token: ***"
+
+
+def test_short_passwords_do_not_mangle_words_but_are_masked_in_urls() -> None:
+    resolve({"glance_db": "mysql+pymysql://glance:conf@db/glance"}, environ={})
+    assert scrub("not configured") == "not configured"
+    assert scrub("mysql+pymysql://glance:conf@db/glance") == "mysql+pymysql://glance:***@db/glance"

@@ -1,0 +1,248 @@
+"""One plan, two renderings: the write mechanism of every command that changes a database.
+
+A :class:`Plan` is an ordered list of row changes on one database, each with the
+full before-image of the row it touches. The same plan is
+
+* rendered for ``--dry-run`` as the exact SQL of the target dialect
+  (:func:`render_sql`), wrapped in ``BEGIN;`` ... ``COMMIT;``;
+* written to the journal before anything changes (``recover.journal``);
+* executed by :func:`apply` in one transaction that first re-reads every row
+  ``FOR UPDATE`` and refuses if it no longer matches the plan;
+* reversed by ``undo`` (:meth:`Plan.inverse`).
+
+So the preview cannot drift from what runs. (Shape taken from alembic's
+``DefaultImpl._exec``: one place where SQL is either executed or rendered.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, and_, delete, insert, select, update
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.sql import ClauseElement
+
+from recover.db.engine import Database, describe_db_error
+from recover.errors import RecoverError, RefusedError
+
+Row = dict[str, Any]
+
+#: MariaDB/MySQL error numbers meaning "someone else holds or changed these rows".
+_CONCURRENT = {1205: "lock wait timeout", 1213: "deadlock"}
+
+
+class ConcurrentChangeError(RefusedError):
+    """Another session changed or locked the rows between planning and applying."""
+
+
+@dataclass(frozen=True)
+class RowChange:
+    """One row inserted, updated or deleted.
+
+    ``before`` is the whole row as planned (None for an insert), ``after`` the
+    whole row wanted (None for a delete). ``key`` names the primary key values.
+    """
+
+    table: str
+    key: Row
+    before: Row | None
+    after: Row | None
+
+    @property
+    def action(self) -> str:
+        if self.before is None:
+            return "insert"
+        if self.after is None:
+            return "delete"
+        return "update"
+
+    def changed_columns(self) -> dict[str, Any]:
+        assert self.before is not None and self.after is not None
+        return {k: v for k, v in self.after.items() if not same_value(self.before.get(k), v)}
+
+    def inverse(self) -> RowChange:
+        return RowChange(self.table, self.key, before=self.after, after=self.before)
+
+
+@dataclass
+class Plan:
+    """Row changes on one database, applied together or not at all."""
+
+    title: str
+    db: Database
+    #: Which configured database this is: ``nova_api``, ``cell:<name>`` or ``glance``.
+    target: str
+    changes: list[RowChange]
+    #: Lines for the operator: what will happen and what will not.
+    notes: list[str] = field(default_factory=list)
+    #: What the plan is about (e.g. ``{"kind": "flavor", "id": 7}``), kept in the journal.
+    subject: dict[str, Any] = field(default_factory=dict)
+
+    def inverse(self, title: str) -> Plan:
+        return Plan(
+            title=title,
+            db=self.db,
+            target=self.target,
+            changes=[c.inverse() for c in reversed(self.changes)],
+            subject=self.subject,
+        )
+
+    def summary(self) -> list[str]:
+        counts: dict[tuple[str, str], int] = {}
+        for change in self.changes:
+            counts[(change.action, change.table)] = counts.get((change.action, change.table), 0) + 1
+        return [f"{action} {n} row(s) in {table}" for (action, table), n in counts.items()]
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equality as the database sees it: float columns lose precision, booleans are 0/1."""
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return math.isclose(float(a), float(b), rel_tol=1e-6)
+        except (TypeError, ValueError):
+            return False
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is not None and b is not None and int(a) == int(b)
+    if isinstance(a, datetime) and isinstance(b, datetime):
+        return a.replace(microsecond=0) == b.replace(microsecond=0)
+    return bool(a == b)
+
+
+def same_row(a: Row | None, b: Row | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+
+
+def _where_key(table: Table, key: Row) -> Any:
+    return and_(*(table.c[k] == v for k, v in key.items()))
+
+
+def statements(plan: Plan) -> Iterator[tuple[RowChange, ClauseElement]]:
+    """The DML of the plan, in order."""
+    for change in plan.changes:
+        table = plan.db.table(change.table)
+        if change.action == "insert":
+            assert change.after is not None
+            yield change, insert(table).values(**change.after)
+        elif change.action == "delete":
+            yield change, delete(table).where(_where_key(table, change.key))
+        else:
+            yield (
+                change,
+                update(table)
+                .where(_where_key(table, change.key))
+                .values(**change.changed_columns()),
+            )
+
+
+def _literal_dialect(dialect: Dialect) -> Dialect:
+    """The same dialect with a named paramstyle, so literals are not %-escaped."""
+    return type(dialect)(paramstyle="named")  # type: ignore[call-arg]
+
+
+def render_sql(plan: Plan) -> str:
+    """The exact SQL ``apply`` runs, with literal values, for the plan's database."""
+    dialect = _literal_dialect(plan.db.engine.dialect)
+    lines = [f"-- {plan.title}", f"-- database: {plan.db.label}"]
+    lines += [f"-- {note}" for note in plan.notes]
+    lines.append("BEGIN;")
+    for change, statement in statements(plan):
+        if change.before is not None:
+            lines.append(
+                f"-- {change.table} {_describe_key(change.key)} is now: {_brief(change.before)}"
+            )
+        sql = str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+        lines.append(sql.strip() + ";")
+    lines.append("COMMIT;")
+    return "\n".join(lines) + "\n"
+
+
+def _describe_key(key: Row) -> str:
+    return " ".join(f"{k}={v!r}" for k, v in key.items())
+
+
+def _brief(row: Row) -> str:
+    shown = {k: row[k] for k in ("deleted", "deleted_at", "status") if k in row}
+    return ", ".join(f"{k}={'NULL' if v is None else v}" for k, v in shown.items()) or "present"
+
+
+def lock_and_check(conn: Connection, plan: Plan) -> None:
+    """Re-read every planned row ``FOR UPDATE``; refuse if any differs from the plan."""
+    for change in plan.changes:
+        table = plan.db.table(change.table)
+        query = select(table).where(_where_key(table, change.key))
+        if conn.dialect.name != "sqlite":  # SQLite locks the whole file on the first write
+            query = query.with_for_update()
+        found = conn.execute(query).mappings().first()
+        current = dict(found) if found is not None else None
+        if not same_row(current, change.before):
+            raise ConcurrentChangeError(
+                f"{change.table} {_describe_key(change.key)} changed since the plan was made "
+                f"({_difference(change.before, current)})",
+                hint="nothing was changed; look again with `recover inventory` and re-run",
+            )
+
+
+def _difference(expected: Row | None, found: Row | None) -> str:
+    if expected is None:
+        return "the row now exists"
+    if found is None:
+        return "the row is gone"
+    cols = [k for k in expected if not same_value(expected.get(k), found.get(k))]
+    return ", ".join(f"{k}: planned {expected[k]!r}, now {found.get(k)!r}" for k in cols[:3])
+
+
+def verify(plan: Plan) -> list[str]:
+    """Re-read every row after the commit; the differences from the plan, if any."""
+    problems = []
+    with plan.db.engine.connect() as conn:
+        for change in plan.changes:
+            table = plan.db.table(change.table)
+            found = (
+                conn.execute(select(table).where(_where_key(table, change.key))).mappings().first()
+            )
+            current = dict(found) if found is not None else None
+            if not same_row(current, change.after):
+                where = f"{change.table} {_describe_key(change.key)}"
+                problems.append(f"{where}: {_difference(change.after, current)}")
+    return problems
+
+
+def apply(plan: Plan, before_commit: Callable[[], None] = lambda: None) -> None:
+    """One transaction: lock, re-check, ``before_commit`` (the journal), DML, commit.
+
+    Concurrent sessions: the loser either finds the rows changed (re-check),
+    waits on the winner's row locks and then finds them changed, or gets a
+    duplicate key or deadlock from the server; each becomes one clear refusal.
+    """
+    try:
+        with plan.db.engine.begin() as conn:
+            lock_and_check(conn, plan)
+            before_commit()
+            for _, statement in statements(plan):
+                conn.execute(statement)  # type: ignore[call-overload]
+    except IntegrityError as exc:
+        raise ConcurrentChangeError(
+            f"the database refused the change: {describe_db_error(exc)}",
+            hint="nothing was changed; another run or a person changed these rows at the same time",
+        ) from None
+    except OperationalError as exc:
+        code = getattr(exc.orig, "args", (None,))[0]
+        if code in _CONCURRENT:
+            raise ConcurrentChangeError(
+                f"another session holds these rows ({_CONCURRENT[code]})",
+                hint="nothing was changed; re-run when the other operation has finished",
+            ) from None
+        raise RecoverError(
+            f"the transaction failed and was rolled back: {describe_db_error(exc)}"
+        ) from None
+    except DBAPIError as exc:
+        raise RecoverError(
+            f"the transaction failed and was rolled back: {describe_db_error(exc)}"
+        ) from None
