@@ -37,6 +37,16 @@ def test_demo_tells_the_incident(tmp_path: Path) -> None:
     assert f"  image {SNAPSHOT}  [deleted]" in out
     assert f"    recover: recover image {SNAPSHOT} --from-host compute-12" in out
     assert "    running > 365 days: 2 of 2" in out
+    # The story goes on: the flavor is recovered, and the second inventory no longer lists it.
+    assert "UPDATE instance_types SET deleted_at=NULL, deleted=0 WHERE instance_types.id = 7;" in out
+    assert "Done: recover flavor 7 (id 7, ucs.4c8g.swap)" in out
+    summaries = [line for line in out.splitlines() if line.startswith("Summary: ")]
+    assert summaries == [
+        "Summary: 1 flavor(s), 1 image(s), 2 instance(s) affected",
+        "Summary: 0 flavor(s), 1 image(s), 2 instance(s) affected",
+    ]
+    (journal,) = (sandbox / "journal").glob("*-flavor-7.json")
+    assert json.loads(journal.read_text())["status"] == "committed"
     base = sandbox / "compute/compute-12/var/lib/nova/instances/_base" / BASE
     assert qemu.info(base).format == "raw"
     disk = qemu.info(base.parent.parent / INSTANCE / "disk")
@@ -47,7 +57,7 @@ def test_demo_tells_the_incident(tmp_path: Path) -> None:
     )
     assert again.exit_code == 0
     data = json.loads(again.stdout)
-    assert [(f["id"], f["state"]) for f in data["flavors"]] == [(7, "soft-deleted")]
+    assert data["flavors"] == []
     assert [(i["id"], i["base_file"], i["hosts"]) for i in data["images"]] == [
         (SNAPSHOT, BASE, ["compute-12"])
     ]

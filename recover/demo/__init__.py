@@ -21,6 +21,7 @@ from recover.config import resolve
 from recover.db.engine import Database, open_database
 from recover.demo.schema import glance_metadata, nova_metadata
 from recover.errors import RecoverError
+from recover.flavors import plan_flavor
 from recover.images import qemu
 from recover.inventory import base_file_name, scan
 from recover.report import render_table
@@ -34,6 +35,7 @@ from recover.simulate import (
     delete_image,
     destroy_legacy_flavor,
 )
+from recover.write import execute
 
 MARKER = ".recover-demo"
 
@@ -200,16 +202,49 @@ def build_sandbox(directory: Path) -> Path:
     return ini
 
 
+def _step(echo: Echo, command: str) -> None:
+    echo("")
+    echo(f"$ {command}")
+
+
 def run_demo(directory: Path, echo: Echo) -> None:
     echo(f"Building the sandbox cloud in {directory} ...")
     ini = build_sandbox(directory)
+    root = ini.parent
     echo(f"  Nova (Mitaka tables) and Glance in SQLite, config in {ini}")
     echo(f"  compute node {HOST}: _base/{base_file_name(SNAPSHOT)} made by qemu-img")
     echo("")
     echo(f"The incident ({INCIDENT:%Y-%m-%d}): volume attach fails on instance")
     echo(f"{INSTANCE}. It was booted from a snapshot that was since")
     echo("deleted, with a flavor that was since deleted, and has run for over a year.")
-    echo("")
-    echo(f"$ recover --config {ini} inventory")
     settings = resolve({"config": str(ini)}, environ={})
+    prefix = f"recover --config {ini}"
+
+    _step(echo, f"{prefix} inventory")
     echo(render_table(scan(settings, now=INCIDENT)).rstrip("\n"))
+
+    flavorid = SWAP_FLAVOR.flavorid
+    _step(echo, f"{prefix} flavor {flavorid} --dry-run")
+    recovery = plan_flavor(settings, flavorid, None)
+    try:
+        preview = execute(recovery.plan, dry_run=True, yes=False, command="", confirm=None)
+        echo(preview.sql.rstrip("\n"))
+        _step(echo, f"{prefix} flavor {flavorid} --yes")
+        done = execute(
+            recovery.plan,
+            dry_run=False,
+            yes=True,
+            command=f"{prefix} flavor {flavorid} --yes",
+            confirm=None,
+            journal_dir=root / "journal",
+        )
+    finally:
+        recovery.nova.dispose()
+    echo(f"Done: {done.plan.title}")
+    echo(f"Journal: {done.journal}")
+
+    _step(echo, f"{prefix} inventory")
+    echo(render_table(scan(settings, now=INCIDENT)).rstrip("\n"))
+    echo("")
+    echo("The flavor is back under its own id; undo it with `recover undo <journal>`.")
+    echo("The image needs its data rebuilt from the compute node's _base file.")
