@@ -389,9 +389,13 @@ def modern_plan(nova: NovaCloud, candidate: Candidate, from_instance: str | None
             hint="rename or delete the live one first: id, name and flavorid are unique",
         )
     created = _parse_time(definition.created_at)
+    # Instances booted before a later update carry an older copy: the newest stamp is the row's.
+    stamps = [
+        d.updated_at for d in candidate.definitions.values() if d == definition and d.updated_at
+    ]
     row: Row = {
         "created_at": created,
-        "updated_at": None,
+        "updated_at": _parse_time(max(stamps)) if stamps else None,
         "name": definition.name,
         "id": definition.id,
         "memory_mb": definition.memory_mb,

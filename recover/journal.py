@@ -99,6 +99,7 @@ def write(path: Path, plan: Plan, status: str, command: str) -> None:
             for c in plan.changes
         ],
         "notes": plan.notes,
+        "files": plan.files,
     }
     rewrite(path, document)
 
@@ -157,4 +158,5 @@ def plan_from(document: dict[str, Any], db: Database, path: Path) -> Plan:
         target=recorded["target"],
         changes=changes,
         subject=document.get("subject", {}),
+        files=document.get("files", []),
     )

@@ -62,6 +62,8 @@ class FlavorDef:
     is_public: bool
     extra_specs: tuple[tuple[str, str], ...] = ()
     created_at: str | None = field(default=None, compare=False)
+    #: Set when the flavor row was updated (e.g. its description) before this copy was taken.
+    updated_at: str | None = field(default=None, compare=False)
 
     def differences(self, other: FlavorDef) -> list[str]:
         names = [
@@ -105,6 +107,7 @@ def _flavor_from_primitive(primitive: Any) -> FlavorDef | None:
             is_public=bool(data.get("is_public", True)),
             extra_specs=tuple(sorted((str(k), str(v)) for k, v in specs.items())),
             created_at=data.get("created_at"),
+            updated_at=data.get("updated_at"),
         )
     except (TypeError, ValueError) as exc:
         raise FlavorBlobError(f"bad flavor field: {exc}") from None

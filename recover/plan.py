@@ -82,6 +82,8 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     #: What the plan is about (e.g. ``{"kind": "flavor", "id": 7}``), kept in the journal.
     subject: dict[str, Any] = field(default_factory=dict)
+    #: Files the plan puts in place (``path``, ``size``, ``md5``, ``created``); undo removes them.
+    files: list[dict[str, Any]] = field(default_factory=list)
 
     def inverse(self, title: str) -> Plan:
         return Plan(
@@ -90,6 +92,7 @@ class Plan:
             target=self.target,
             changes=[c.inverse() for c in reversed(self.changes)],
             subject=self.subject,
+            files=self.files,
         )
 
     def summary(self) -> list[str]:

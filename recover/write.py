@@ -57,6 +57,8 @@ def execute(
     command: str,
     confirm: Confirm | None,
     journal_dir: Path | None = None,
+    on_journaled: Callable[[], None] | None = None,
+    on_failure: Callable[[], None] | None = None,
 ) -> Outcome:
     """Carry out ``plan`` under the safety model; ``confirm`` is None without a terminal."""
     if not plan.changes:
@@ -73,7 +75,20 @@ def execute(
         if not confirm(plan):
             raise RefusedError("cancelled at the prompt; nothing was changed")
     path = journal.new_path(plan, journal_dir)
-    apply(plan, before_commit=lambda: journal.write(path, plan, "applying", command))
+
+    def before_commit() -> None:
+        journal.write(path, plan, "applying", command)
+        if on_journaled is not None:
+            on_journaled()  # e.g. place the image file: after the journal names it
+
+    try:
+        apply(plan, before_commit=before_commit)
+    except BaseException:
+        if on_failure is not None:
+            on_failure()
+        if path.exists():
+            journal.write(path, plan, "rolled-back", command)
+        raise
     journal.write(path, plan, "committed", command)
     problems = verify(plan)
     if problems:
@@ -136,6 +151,25 @@ def plan_undo(settings: Settings, path: Path) -> Plan:
                 )
     inverse.notes = [f"reverse {path.name} ({document.get('command', '?')})"]
     return inverse
+
+
+def remove_created_files(plan: Plan) -> list[str]:
+    """After an undo: remove the files the original run created, if they are still its files."""
+    problems = []
+    for entry in plan.files:
+        if not entry.get("created"):
+            continue
+        target = Path(entry["path"])
+        try:
+            if target.stat().st_size != entry.get("size"):
+                problems.append(f"{target} changed size since; left in place")
+                continue
+            target.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            problems.append(f"cannot remove {target}: {exc.strerror}")
+    return problems
 
 
 def mark_undone(path: Path, undo_journal: Path | None) -> None:

@@ -1,0 +1,410 @@
+"""``recover image``: bring a deleted Glance image back under its own id.
+
+Sources, in order: the store still holds the file (``pending_delete``); a local
+copy of the ``_base`` file (``--base-file``); ``_base/<sha1(id)>`` on a compute
+node over SSH (``--from-host``). The bytes are converted to the row's
+``disk_format``, hashed in the pass that writes them, placed atomically, and
+the rows change in one transaction (the flavor's plan/journal mechanism).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from recover.config import DEFAULT_INSTANCES_PATH, Settings
+from recover.db.cloud import open_glance, open_nova
+from recover.errors import ConfigError, NotFoundError, RecoverError, RefusedError
+from recover.glance import GlanceReader
+from recover.images import qemu
+from recover.images.digest import DEFAULT_ALGO, Digests, Progress, copy_hashing, hash_file
+from recover.images.rows import NewData, image_plan
+from recover.images.store import Staged, image_lock, remove_stale, store_ownership
+from recover.images.transport import LocalTransport, SshTransport, Transport
+from recover.inventory import base_file_name
+from recover.plan import Plan
+from recover.write import Confirm, Outcome, execute
+
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+#: Glance disk_format -> the qemu-img format that writes it (qemu calls VHD "vpc").
+WRITABLE = {
+    "raw": "raw",
+    "qcow2": "qcow2",
+    "vmdk": "vmdk",
+    "vdi": "vdi",
+    "vhd": "vpc",
+    "vhdx": "vhdx",
+}
+RECOVERABLE_STATUSES = ("deleted", "pending_delete", "killed")
+#: nova's fetch_to_raw writes these names while downloading/converting (nova/virt/images.py).
+IN_PROGRESS_SUFFIXES = (".part", ".converted")
+GIB = 1024**3
+
+
+@dataclass
+class ImageRequest:
+    image_id: str
+    base_file: Path | None = None
+    #: None: not given; "": pick a host from the instances that use the image.
+    from_host: str | None = None
+    instances_path: str = DEFAULT_INSTANCES_PATH
+    disk_format: str | None = None
+
+
+def validate_uuid(text: str) -> str:
+    value = text.strip().lower()
+    if not UUID_RE.match(value):
+        raise RecoverError(
+            f"{text[:60]!r} is not an image UUID", hint="e.g. b3986e99-1988-43bb-b47c-0b34438bc189"
+        )
+    return value
+
+
+def _progress(label: str, total: int | None) -> Progress | None:
+    if not sys.stderr.isatty():
+        return None
+    step = max((total or 0) // 100, 64 * 1024 * 1024)
+    shown = [0]
+
+    def report(done: int) -> None:
+        if done - shown[0] >= step:
+            shown[0] = done
+            pct = f" {100 * done // total}%" if total else ""
+            print(
+                f"\r{label}: {done // (1024 * 1024)} MiB{pct}", end="", file=sys.stderr, flush=True
+            )
+
+    return report
+
+
+class ImageRecovery:
+    def __init__(self, settings: Settings, request: ImageRequest) -> None:
+        self.settings = settings
+        self.request = request
+        self.image_id = validate_uuid(request.image_id)
+        self.store = Path(settings.store_dir.value)
+        self.final = self.store / self.image_id
+        self.glance: GlanceReader = open_glance(settings)
+        self.row = self._row()
+        self.target_format = self._target_format()
+        self.algo = self.row.get("os_hash_algo") or settings.hashing_algorithm or DEFAULT_ALGO
+        self.created_file = False
+
+    def close(self) -> None:
+        self.glance.db.dispose()
+
+    # --- checks --------------------------------------------------------------------------
+
+    def _row(self) -> dict[str, Any]:
+        images = self.glance.images
+        with self.glance.db.engine.connect() as conn:
+            found = (
+                conn.execute(select(images).where(images.c.id == self.image_id)).mappings().first()
+            )
+        if found is None:
+            raise NotFoundError(
+                f"image {self.image_id} has no images row: it was purged "
+                "(glance-manage db purge_images_table) or never existed",
+                hint="recover cannot bring an image back under the same id without its row",
+            )
+        row = dict(found)
+        if row["status"] == "active" and not row["deleted"]:
+            raise RefusedError(f"image {self.image_id} is active: nothing to recover")
+        if row["status"] not in RECOVERABLE_STATUSES:
+            raise RefusedError(
+                f"image {self.image_id} is {row['status']!r}, "
+                "not deleted, pending_delete or killed",
+                hint="recover only brings back deleted or failed images",
+            )
+        return row
+
+    def _target_format(self) -> str:
+        wanted = self.request.disk_format or self.row["disk_format"]
+        if not wanted:
+            raise RefusedError(
+                f"image {self.image_id} has no disk_format", hint="pass --disk-format raw or qcow2"
+            )
+        if wanted not in WRITABLE:
+            raise RefusedError(
+                f"image {self.image_id} is {wanted!r}, which qemu-img cannot write",
+                hint="pass --disk-format raw to store the _base data as raw "
+                "(the row is updated to match)",
+            )
+        return wanted
+
+    def _check_source(self, transport: Transport, path: str) -> qemu.ImageInfo:
+        if path.endswith(IN_PROGRESS_SUFFIXES):
+            raise RefusedError(
+                f"{path} is a file nova is still writing; use the finished _base file"
+            )
+        info = transport.qemu_img_info(path)
+        where = f"{path} on {transport.label}"
+        if info.backing_file:
+            raise RefusedError(
+                f"{where} has a backing file ({info.backing_file}); it is not a whole image"
+            )
+        if info.corrupt:
+            raise RefusedError(f"qemu-img reports {where} as corrupt")
+        needed = max((self.row.get("min_disk") or 0) * GIB, self.row.get("virtual_size") or 0)
+        if info.virtual_size < needed:
+            raise RefusedError(
+                f"{where} is {info.virtual_size} bytes, smaller than the image needs ({needed}); "
+                "it is not this image's data"
+            )
+        return info
+
+    # --- sources -------------------------------------------------------------------------
+
+    def _hosts(self) -> list[str]:
+        """Compute hosts of live instances booted from this image (the inventory's list)."""
+        try:
+            nova = open_nova(self.settings, allow_unreachable_cells=True)
+        except ConfigError as exc:
+            raise ConfigError(
+                "--from-host without a host name needs the Nova databases to find the hosts",
+                hint=f"name the host (--from-host HOST), or configure Nova ({exc.message})",
+            ) from None
+        try:
+            hosts: set[str] = set()
+            for cell in nova.cells:
+                with cell.connect() as conn:
+                    hosts |= {
+                        r.host for r in cell.instances_using(conn, [], [self.image_id]) if r.host
+                    }
+        finally:
+            nova.dispose()
+        return sorted(hosts)
+
+    def _source(self) -> tuple[Transport, str, qemu.ImageInfo]:
+        request = self.request
+        if request.base_file is not None:
+            transport: Transport = LocalTransport()
+            path = str(request.base_file)
+            if transport.stat_size(path) is None:
+                raise NotFoundError(f"--base-file {path} does not exist or is not a regular file")
+            return transport, path, self._check_source(transport, path)
+        base = posixpath.join(request.instances_path, "_base", base_file_name(self.image_id))
+        if request.from_host:
+            hosts = [request.from_host]
+        elif request.from_host == "":
+            hosts = self._hosts()
+            if not hosts:
+                raise NotFoundError(
+                    f"no live instance of image {self.image_id} runs on a compute host"
+                )
+        else:
+            raise RefusedError(
+                f"no source for image {self.image_id}: the store has no file for it",
+                hint="pass --from-host HOST (a compute node running it), "
+                "--from-host alone to try them all, "
+                "or --base-file PATH",
+            )
+        misses = []
+        for host in hosts:
+            transport = SshTransport(host)
+            try:
+                if transport.stat_size(base) is not None:
+                    return transport, base, self._check_source(transport, base)
+                misses.append(f"{host}: no {base}")
+            except RefusedError:
+                raise
+            except RecoverError as exc:
+                if len(hosts) == 1:
+                    raise
+                misses.append(f"{host}: {exc}")
+        raise NotFoundError(f"no compute node has the _base file: {'; '.join(misses)}")
+
+    # --- data ----------------------------------------------------------------------------
+
+    def _produce(
+        self, staged: Staged, transport: Transport, path: str, info: qemu.ImageInfo
+    ) -> NewData:
+        target = WRITABLE[self.target_format]
+        progress = _progress(f"image {self.image_id}", None)
+        if info.format == target:
+            with transport.open_read(path) as stream:
+                digests = copy_hashing(stream, staged.fd, self.algo, progress)
+        elif isinstance(transport, LocalTransport):
+            staged.close()
+            qemu.convert(path, info.format, staged.path, target)
+            digests = hash_file(str(staged.path), self.algo, progress)
+        elif transport.has_qemu_img():
+            digests = self._convert_remotely(staged, transport, path, info, target, progress)
+        else:
+            digests = self._convert_here(staged, transport, path, info, target, progress)
+        checked = qemu.info(staged.path, target)
+        if checked.format != target:
+            raise RecoverError(f"the converted file is {checked.format}, not {target}")
+        return NewData(
+            digests=digests, virtual_size=checked.virtual_size, disk_format=self.target_format
+        )
+
+    def _convert_remotely(
+        self,
+        staged: Staged,
+        transport: Transport,
+        path: str,
+        info: qemu.ImageInfo,
+        target: str,
+        progress: Progress | None,
+    ) -> Digests:
+        """Convert next to _base on the compute node: only the compact image crosses the network."""
+        directory = posixpath.dirname(path)
+        size = transport.stat_size(path) or info.virtual_size
+        if transport.free_bytes(directory) < size:
+            raise RecoverError(
+                f"not enough free space in {directory} on {transport.label} to convert "
+                f"({size} bytes needed)"
+            )
+        remote_tmp = posixpath.join(directory, f".recover-tmp-{self.image_id}.{target}")
+        try:
+            transport.convert(path, info.format, remote_tmp, target)
+            with transport.open_read(remote_tmp) as stream:
+                return copy_hashing(stream, staged.fd, self.algo, progress)
+        finally:
+            transport.remove(remote_tmp)
+
+    def _convert_here(
+        self,
+        staged: Staged,
+        transport: Transport,
+        path: str,
+        info: qemu.ImageInfo,
+        target: str,
+        progress: Progress | None,
+    ) -> Digests:
+        """No qemu-img on the compute node: bring the raw bytes once, convert here."""
+        raw = Staged(self.store, f"{self.image_id}-src")
+        try:
+            with transport.open_read(path) as stream:
+                copy_hashing(stream, raw.fd, self.algo, progress)
+            raw.close()
+            staged.close()
+            qemu.convert(raw.path, info.format, staged.path, target)
+        finally:
+            raw.discard()
+        return hash_file(str(staged.path), self.algo, progress)
+
+    def _existing_file(self) -> Digests | None:
+        return hash_file(str(self.final), self.algo) if self.final.is_file() else None
+
+    def _matches_row(self, digests: Digests) -> bool:
+        row = self.row
+        if row.get("size") is not None and row["size"] != digests.size:
+            return False
+        if row.get("os_hash_value") and row["os_hash_value"] != digests.value:
+            return False
+        return not (row.get("checksum") and row["checksum"] != digests.md5)
+
+    # --- the whole run -------------------------------------------------------------------
+
+    def plan(self, new_data: NewData | None, action: str) -> Plan:
+        plan = image_plan(
+            self.glance,
+            self.row,
+            location_uri=f"file://{self.final}",
+            new_data=new_data,
+            store_id=self.settings.glance_store_id,
+            now=datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0),
+            action=action,
+        )
+        return plan
+
+    def run(self, *, dry_run: bool, yes: bool, command: str, confirm: Confirm | None) -> Outcome:
+        if not self.store.is_dir():
+            raise ConfigError(
+                f"store directory {self.store} does not exist", hint="pass --store-dir"
+            )
+        existing = self._existing_file() if self.final.exists() else None
+        if existing is not None and self._matches_row(existing) and not self.request.disk_format:
+            plan = self.plan(
+                None
+                if self.row.get("checksum")
+                else NewData(existing, None, self.row["disk_format"]),
+                f"the store still holds {self.final}: un-delete only, hashes unchanged",
+            )
+            return execute(plan, dry_run=dry_run, yes=yes, command=command, confirm=confirm)
+        transport, path, info = self._source()
+        if dry_run:
+            plan = self.plan(
+                None,
+                f"rebuild from {path} on {transport.label} ({info.format} -> "
+                f"{self.target_format}); hashes and sizes are computed from the new file",
+            )
+            return execute(plan, dry_run=True, yes=yes, command=command, confirm=confirm)
+        if not os.access(self.store, os.W_OK):
+            raise RecoverError(f"store directory {self.store} is not writable")
+        with image_lock(self.store, self.image_id):
+            remove_stale(self.store, self.image_id)
+            owner = store_ownership(self.store)
+            staged = Staged(self.store, self.image_id)
+            try:
+                new_data = self._produce(staged, transport, path, info)
+                staged.finish(owner)
+                existing = self._existing_file()
+                if existing is not None and existing != new_data.digests:
+                    raise RefusedError(
+                        f"{self.final} already exists with other content (md5 {existing.md5})",
+                        hint="move it away if it is not this image, then re-run",
+                    )
+                plan = self.plan(
+                    new_data,
+                    f"rebuild from {path} on {transport.label} "
+                    f"({info.format} -> {self.target_format})",
+                )
+                plan.files = [
+                    {
+                        "path": str(self.final),
+                        "md5": new_data.digests.md5,
+                        "size": new_data.digests.size,
+                        "created": existing is None,
+                    }
+                ]
+                return execute(
+                    plan,
+                    dry_run=False,
+                    yes=yes,
+                    command=command,
+                    confirm=confirm,
+                    on_journaled=(lambda: self._place(staged)) if existing is None else None,
+                    on_failure=self._unplace,
+                )
+            finally:
+                staged.discard()
+
+    def _place(self, staged: Staged) -> None:
+        staged.place(self.final)
+        self.created_file = True
+
+    def _unplace(self) -> None:
+        if self.created_file:
+            self.final.unlink(missing_ok=True)
+            self.created_file = False
+
+
+def recover_image(
+    settings: Settings,
+    request: ImageRequest,
+    *,
+    dry_run: bool,
+    yes: bool,
+    command: str,
+    confirm: Confirm | None,
+) -> Outcome:
+    recovery = ImageRecovery(settings, request)
+    try:
+        return recovery.run(dry_run=dry_run, yes=yes, command=command, confirm=confirm)
+    finally:
+        recovery.close()
+
+
+Callback = Callable[[], None]

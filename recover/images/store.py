@@ -1,0 +1,143 @@
+"""Put a file into the Glance filesystem store atomically, never over an existing file.
+
+A temporary name in the store directory (so the rename stays on one
+filesystem), fsync, the owner/group/mode the store's files have, then
+``link()`` to the final ``<image id>`` name, which fails instead of replacing a
+file that appeared meanwhile (glance_store ``Store.add`` refuses to overwrite
+too: ``Duplicate``). A per-image lock file serialises runs on one image; a
+killed run leaves only ``.recover-tmp-<id>-*`` files, which the next run removes.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from recover.errors import RecoverError, RefusedError
+
+TMP_PREFIX = ".recover-tmp-"
+LOCK_PREFIX = ".recover-lock-"
+DEFAULT_MODE = 0o640
+
+
+@dataclass(frozen=True)
+class Ownership:
+    uid: int
+    gid: int
+    mode: int
+
+
+def store_ownership(store: Path) -> Ownership:
+    """The owner, group and mode most of the store's image files have (else the dir's, 0640)."""
+    seen: Counter[tuple[int, int, int]] = Counter()
+    try:
+        with os.scandir(store) as entries:
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                seen[(st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))] += 1
+                if sum(seen.values()) >= 200:
+                    break
+    except OSError as exc:
+        raise RecoverError(f"cannot read the store directory {store}: {exc.strerror}") from None
+    if seen:
+        uid, gid, mode = seen.most_common(1)[0][0]
+        return Ownership(uid, gid, mode)
+    st = store.stat()
+    return Ownership(st.st_uid, st.st_gid, DEFAULT_MODE)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def image_lock(store: Path, image_id: str) -> Iterator[None]:
+    """Hold the store's lock for one image; a second run on the same image refuses at once."""
+    path = store / f"{LOCK_PREFIX}{image_id}"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise RecoverError(f"cannot write to the store directory {store}: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RefusedError(
+                f"another recover run is working on image {image_id}",
+                hint="nothing was changed; wait for it to finish",
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock; the empty lock file is harmless
+
+
+def remove_stale(store: Path, image_id: str) -> list[Path]:
+    """Temporary files that killed runs left for this image (call with the image lock held)."""
+    removed = []
+    for leftover in store.glob(f"{TMP_PREFIX}{image_id}-*"):
+        leftover.unlink(missing_ok=True)
+        removed.append(leftover)
+    return removed
+
+
+class Staged:
+    """A temporary file in the store, created 0600 so nobody reads a half-written image."""
+
+    def __init__(self, store: Path, image_id: str) -> None:
+        self.store = store
+        self.image_id = image_id
+        self.path = store / f"{TMP_PREFIX}{image_id}-{os.getpid()}"
+        try:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise RecoverError(
+                f"cannot create a file in the store {store}: {exc.strerror}"
+            ) from None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def discard(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+    def finish(self, owner: Ownership) -> None:
+        """fsync the data; give the file the store's owner and mode (still under its temp name)."""
+        fd = self.fd if self.fd >= 0 else os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            if os.geteuid() == 0:
+                os.fchown(fd, owner.uid, owner.gid)
+            os.fchmod(fd, owner.mode)
+        finally:
+            if fd != self.fd:
+                os.close(fd)
+        self.close()
+
+    def place(self, final: Path) -> None:
+        """Give the file its final name, atomically and only if that name is free."""
+        try:
+            os.link(self.path, final)
+        except FileExistsError:
+            raise RefusedError(f"{final} appeared meanwhile; nothing was changed") from None
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise RecoverError(f"the store {self.store} is full") from None
+            raise RecoverError(f"cannot place {final}: {exc.strerror}") from None
+        self.path.unlink(missing_ok=True)
+        _fsync_dir(self.store)

@@ -1,0 +1,443 @@
+"""The files of a compute node, here or over SSH, behind one small interface.
+
+``LocalTransport`` uses the local file system and ``recover.images.qemu``.
+``SshTransport`` runs one short command per call through the system ``ssh``
+(``RECOVER_SSH_COMMAND``, default ``ssh``, split like ``GIT_SSH_COMMAND``), so the
+operator's ``~/.ssh/config``, agent, jump hosts and keys all apply and no
+password or key ever passes through this program.
+
+Host names and paths come from databases and are untrusted: the host is checked
+against a conservative pattern before any process starts, ``ssh`` gets an
+argument list (never ``shell=True``), and every word of the remote command is
+``shlex.quote``-d because sshd hands it to the remote user's login shell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import IO, TYPE_CHECKING, BinaryIO, Protocol, cast
+
+from recover.errors import RecoverError
+from recover.images import qemu
+from recover.images.qemu import ImageInfo, QemuImgError
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+SSH_COMMAND_ENV = "RECOVER_SSH_COMMAND"
+"""Environment variable holding the ssh command line (``shlex``-split), default ``ssh``."""
+
+SHORT_TIMEOUT_S = 60
+"""Seconds a short remote command (stat, df, rm, qemu-img info) may take, connection included."""
+
+STREAM_BUFFER = 1024 * 1024
+"""Read-ahead of the stream returned by ``open_read``."""
+
+SSH_FAILED = 255  # ssh's own exit status for connection and authentication failures
+COMMAND_NOT_FOUND = 127
+
+# Letters, digits, '.', '-', '_' and ':' (IPv6), optional "user@"; never a leading '-'
+# (ssh would read it as an option), never whitespace, quotes, '%' (ssh tokens) or '/'.
+_HOST_RE = re.compile(
+    r"(?:[A-Za-z0-9_][A-Za-z0-9._-]{0,63}@)?[A-Za-z0-9_:][A-Za-z0-9._:-]{0,252}",
+)
+
+# Printed on stderr before `cat` starts, so the reader can tell a complete stream from a
+# file that shrank or grew while it was read (cat itself exits 0 in both cases).
+_SIZE_MARKER = "recover-size"
+_SIZE_RE = re.compile(rb"^" + _SIZE_MARKER.encode() + rb" (\d+)\r?$", re.MULTILINE)
+_STREAM_SCRIPT = (
+    'size=$(stat -L -c %s -- "$1") || exit; '
+    f"printf '{_SIZE_MARKER} %s\\n' \"$size\" >&2; "
+    'exec cat -- "$1"'
+)
+
+_NOT_THERE = ("No such file or directory", "Not a directory")
+
+
+class Transport(Protocol):
+    """Access to the files of one machine; every path is a path on that machine."""
+
+    label: str
+    """``"local"`` or ``"<host> (ssh)"``, for messages."""
+
+    def stat_size(self, path: str) -> int | None:
+        """Size in bytes of the regular file ``path`` (symlinks followed).
+
+        ``None`` if nothing is there or it is not a regular file; ``RecoverError``
+        if it cannot be known (permission denied, host unreachable).
+        """
+        ...
+
+    def has_qemu_img(self) -> bool:
+        """Whether ``qemu-img`` is on the machine's PATH."""
+        ...
+
+    def qemu_img_info(self, path: str) -> ImageInfo:
+        """``qemu-img info --output=json --force-share -- path``; ``QemuImgError`` if it fails."""
+        ...
+
+    def convert(self, src: str, src_fmt: str, dest: str, dest_fmt: str) -> None:
+        """``qemu-img convert -f src_fmt -O dest_fmt -- src dest`` on the machine."""
+        ...
+
+    def free_bytes(self, directory: str) -> int:
+        """Bytes an unprivileged user may still write in ``directory``'s file system."""
+        ...
+
+    def open_read(self, path: str) -> AbstractContextManager[BinaryIO]:
+        """Stream the bytes of ``path``.
+
+        A stream that ends early (ssh or ``cat`` failed, the file shrank or grew
+        while it was read) raises ``RecoverError`` when the ``with`` block exits
+        after the caller read to the end. A caller that stops reading early gets
+        no error; an exception inside the block is propagated unchanged.
+        """
+        ...
+
+    def remove(self, path: str) -> None:
+        """Remove a temporary file this program created; already gone is fine."""
+        ...
+
+
+def _printable(text: str) -> str:
+    """``text`` itself, or its ``repr`` if it holds control characters (one clean line)."""
+    return text if text.isprintable() else repr(text)
+
+
+def _last_line(stderr: bytes) -> str | None:
+    lines = [
+        line.strip()
+        for line in stderr.decode("utf-8", "replace").splitlines()
+        if line.strip() and not line.startswith(_SIZE_MARKER)
+    ]
+    if not lines:
+        return None
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in lines[-1])
+
+
+def _detail(stderr: bytes, returncode: int) -> str:
+    line = _last_line(stderr)
+    if line is not None:
+        return line
+    if returncode < 0:
+        return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+def _check_path(path: str, *, absolute: bool) -> None:
+    if not path or "\0" in path:
+        raise RecoverError(f"path {path!r} is not a valid path")
+    if absolute and not path.startswith("/"):
+        raise RecoverError(f"path {path!r} is not an absolute path")
+
+
+class _CountingReader(io.RawIOBase):
+    """Raw reader over a pipe or file that counts bytes and notices the end of data.
+
+    ``close()`` does not close the source: the owner of the ``with`` block does,
+    after it has looked at whether the data was complete.
+    """
+
+    def __init__(self, source: io.RawIOBase) -> None:
+        super().__init__()
+        self.source = source
+        self.count = 0
+        self.at_eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        n = self.source.readinto(buffer) or 0
+        if n == 0:
+            self.at_eof = True
+        self.count += n
+        return n
+
+    def drained(self) -> bool:
+        """True if the source has no more data (reads one byte if needed, without counting)."""
+        if not self.at_eof and not self.source.read(1):
+            self.at_eof = True
+        return self.at_eof
+
+
+def _buffered(reader: _CountingReader) -> BinaryIO:
+    return io.BufferedReader(reader, STREAM_BUFFER)
+
+
+class LocalTransport:
+    """This machine's files (``--base-file``, or ``recover`` run on the compute node itself)."""
+
+    label = "local"
+
+    def stat_size(self, path: str) -> int | None:
+        _check_path(path, absolute=False)
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise RecoverError(f"cannot stat {_printable(path)}: {exc.strerror}") from None
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+    def has_qemu_img(self) -> bool:
+        return shutil.which(qemu.QEMU_IMG) is not None
+
+    def qemu_img_info(self, path: str) -> ImageInfo:
+        _check_path(path, absolute=False)
+        # An absolute path can never be read as "protocol:..." (json:, nbd:) by qemu-img.
+        return qemu.info(os.path.abspath(path))
+
+    def convert(self, src: str, src_fmt: str, dest: str, dest_fmt: str) -> None:
+        _check_path(src, absolute=False)
+        _check_path(dest, absolute=False)
+        qemu.convert(os.path.abspath(src), src_fmt, os.path.abspath(dest), dest_fmt)
+
+    def free_bytes(self, directory: str) -> int:
+        _check_path(directory, absolute=False)
+        try:
+            return shutil.disk_usage(directory).free
+        except OSError as exc:
+            raise RecoverError(
+                f"cannot read the free space of {_printable(directory)}: {exc.strerror}"
+            ) from None
+
+    @contextlib.contextmanager
+    def open_read(self, path: str) -> Iterator[BinaryIO]:
+        _check_path(path, absolute=False)
+        try:
+            source = io.FileIO(path, "rb")
+        except OSError as exc:
+            raise RecoverError(f"cannot read {_printable(path)}: {exc.strerror}") from None
+        with source:
+            size = os.fstat(source.fileno()).st_size
+            reader = _CountingReader(source)
+            yield _buffered(reader)
+            if reader.drained() and reader.count != size:
+                raise RecoverError(
+                    f"{_printable(path)} changed while it was read: "
+                    f"expected {size} bytes, read {reader.count}"
+                )
+
+    def remove(self, path: str) -> None:
+        _check_path(path, absolute=False)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise RecoverError(f"cannot remove {_printable(path)}: {exc.strerror}") from None
+
+
+def ssh_argv(command: str | None = None) -> list[str]:
+    """The ssh command line: ``command``, else ``$RECOVER_SSH_COMMAND``, else ``ssh``."""
+    if command is None:
+        command = os.environ.get(SSH_COMMAND_ENV) or "ssh"
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise RecoverError(f"{SSH_COMMAND_ENV} is not a valid command line: {exc}") from None
+    if not argv:
+        raise RecoverError(f"{SSH_COMMAND_ENV} is empty", hint="unset it to use plain ssh")
+    return argv
+
+
+def check_host(host: str) -> str:
+    """``host`` if it is a plain host name or address (optionally ``user@``), else RecoverError."""
+    if not _HOST_RE.fullmatch(host):
+        raise RecoverError(f"host name {host!r} is not a valid host name")
+    return host
+
+
+class SshTransport:
+    """The files of compute node ``host``, through the system ``ssh`` in batch mode.
+
+    Remote commands need a POSIX login shell and GNU coreutils (``stat``, ``cat``,
+    ``rm``) on the node; ``qemu-img`` only for ``qemu_img_info`` and ``convert``.
+    """
+
+    def __init__(self, host: str, ssh_command: str | None = None) -> None:
+        self.host = check_host(host)
+        self.ssh = ssh_argv(ssh_command)
+        self.label = f"{host} (ssh)"
+
+    def argv(self, words: Sequence[str]) -> list[str]:
+        """The local argv running ``words`` on the host with ``LC_ALL=C``, each word quoted."""
+        remote = " ".join(shlex.quote(word) for word in ("env", "LC_ALL=C", *words))
+        return [*self.ssh, "-o", "BatchMode=yes", "--", self.host, remote]
+
+    def _run(
+        self, words: Sequence[str], timeout: float = SHORT_TIMEOUT_S
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run a short remote command; exit 255 (ssh itself failed) becomes RecoverError."""
+        try:
+            done = subprocess.run(
+                self.argv(words),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise RecoverError(
+                f"{words[0]} on {self.host} over ssh did not finish within {timeout:.0f} s"
+            ) from None
+        except OSError as exc:
+            raise RecoverError(f"cannot run {self.ssh[0]}: {exc.strerror}") from None
+        if done.returncode == SSH_FAILED:
+            raise self._unreachable(done.stderr, done.returncode)
+        return done
+
+    def _unreachable(self, stderr: bytes, returncode: int) -> RecoverError:
+        return RecoverError(f"cannot reach {self.host} over ssh: {_detail(stderr, returncode)}")
+
+    def stat_size(self, path: str) -> int | None:
+        _check_path(path, absolute=True)
+        done = self._run(["stat", "-L", "-c", "%F/%s", "--", path])
+        if done.returncode != 0:
+            message = done.stderr.decode("utf-8", "replace").strip()
+            if message.endswith(_NOT_THERE):
+                return None
+            detail = _detail(done.stderr, done.returncode)
+            raise RecoverError(f"cannot stat {_printable(path)} on {self.host}: {detail}")
+        kind, _, size = done.stdout.decode("ascii", "replace").strip().rpartition("/")
+        if not kind.startswith("regular"):  # "regular file", "regular empty file"
+            return None
+        try:
+            return int(size)
+        except ValueError:
+            raise RecoverError(
+                f"stat on {self.host} printed something unexpected: {done.stdout[:80]!r}"
+            ) from None
+
+    def has_qemu_img(self) -> bool:
+        # `command` is a shell builtin, so it needs a shell of its own behind `env`.
+        done = self._run(["sh", "-c", f"command -v {qemu.QEMU_IMG}"])
+        return done.returncode == 0 and bool(done.stdout.strip())
+
+    def _qemu_img(self, args: list[str], timeout: float) -> bytes:
+        done = self._run([qemu.QEMU_IMG, *args], timeout)
+        if done.returncode == COMMAND_NOT_FOUND:
+            raise QemuImgError(
+                f"qemu-img is not installed on {self.host}",
+                hint="install qemu-utils there, or copy the file and use --base-file",
+            )
+        if done.returncode != 0:
+            detail = _detail(done.stderr or done.stdout, done.returncode)
+            raise QemuImgError(f"qemu-img {args[0]} failed on {self.host}: {detail}")
+        return done.stdout
+
+    def qemu_img_info(self, path: str) -> ImageInfo:
+        _check_path(path, absolute=True)
+        output = self._qemu_img(
+            ["info", "--output=json", "--force-share", "--", path], qemu.INFO_TIMEOUT_S
+        )
+        try:
+            return ImageInfo.from_json(json.loads(output))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise QemuImgError(
+                f"qemu-img info on {self.host} printed something unexpected: {exc}"
+            ) from None
+
+    def convert(self, src: str, src_fmt: str, dest: str, dest_fmt: str) -> None:
+        _check_path(src, absolute=True)
+        _check_path(dest, absolute=True)
+        self._qemu_img(
+            ["convert", "-f", src_fmt, "-O", dest_fmt, "--", src, dest], qemu.CONVERT_TIMEOUT_S
+        )
+
+    def free_bytes(self, directory: str) -> int:
+        _check_path(directory, absolute=True)
+        # f_bavail * f_frsize, what shutil.disk_usage().free reports; no df column parsing.
+        done = self._run(["stat", "-f", "-c", "%a %S", "--", directory])
+        if done.returncode != 0:
+            detail = _detail(done.stderr, done.returncode)
+            raise RecoverError(
+                f"cannot read the free space of {_printable(directory)} on {self.host}: {detail}"
+            )
+        try:
+            available, block = (int(word) for word in done.stdout.split())
+        except ValueError:
+            raise RecoverError(
+                f"stat -f on {self.host} printed something unexpected: {done.stdout[:80]!r}"
+            ) from None
+        return available * block
+
+    @contextlib.contextmanager
+    def open_read(self, path: str) -> Iterator[BinaryIO]:
+        _check_path(path, absolute=True)
+        argv = self.argv(["sh", "-c", _STREAM_SCRIPT, "sh", path])
+        # stderr goes to a file: a pipe nobody reads could fill up and stall the stream.
+        with tempfile.TemporaryFile() as errors:
+            try:
+                proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors, bufsize=0
+                )
+            except OSError as exc:
+                raise RecoverError(f"cannot run {self.ssh[0]}: {exc.strerror}") from None
+            source = cast(IO[bytes], proc.stdout)
+            reader = _CountingReader(cast(io.RawIOBase, source))
+            try:
+                yield _buffered(reader)
+                complete = reader.drained()
+            except BaseException:
+                _stop(proc)
+                raise
+            finally:
+                source.close()
+            if not complete:  # the caller stopped early: its choice, not an error
+                _stop(proc)
+                return
+            returncode = proc.wait()
+            errors.seek(0)
+            stderr = errors.read()
+        self._check_stream(path, returncode, stderr, reader.count)
+
+    def _check_stream(self, path: str, returncode: int, stderr: bytes, received: int) -> None:
+        shown = _printable(path)
+        detail = _detail(stderr, returncode)
+        if returncode == SSH_FAILED:
+            if received == 0:
+                raise self._unreachable(stderr, returncode)
+            raise RecoverError(
+                f"lost the ssh connection to {self.host} while reading {shown} "
+                f"after {received} bytes: {detail}"
+            )
+        if returncode < 0:
+            raise RecoverError(
+                f"ssh to {self.host} was killed by signal {-returncode} while reading {shown} "
+                f"after {received} bytes"
+            )
+        if returncode != 0:
+            raise RecoverError(f"cannot read {shown} on {self.host}: {detail}")
+        match = _SIZE_RE.search(stderr)
+        if match is not None and int(match.group(1)) != received:
+            raise RecoverError(
+                f"{shown} on {self.host} changed while it was read: "
+                f"expected {int(match.group(1))} bytes, received {received}"
+            )
+
+    def remove(self, path: str) -> None:
+        _check_path(path, absolute=True)
+        done = self._run(["rm", "-f", "--", path])
+        if done.returncode != 0:
+            detail = _detail(done.stderr, done.returncode)
+            raise RecoverError(f"cannot remove {_printable(path)} on {self.host}: {detail}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()

@@ -1,0 +1,356 @@
+"""`recover image` from local sources, on every Glance generation, with real qemu-img and MariaDB."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from recover.cli import cli
+from recover.demo import SNAPSHOT
+from tests import clouds
+from tests.clouds import MakeDb
+from tests.helpers import REPO_ROOT, dump_rows, require_binary
+from tests.images import PROPERTIES, Scenario, digests, incident_image, qemu_info_format
+
+GENERATIONS = [
+    pytest.param(clouds.LEGACY_GLANCE, id="legacy"),
+    pytest.param(clouds.MIDDLE_GLANCE, id="middle"),
+    pytest.param(clouds.MODERN_GLANCE, id="modern"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_binary("qemu-img")
+    monkeypatch.setenv("RECOVER_STATE_DIR", str(tmp_path / "state"))
+
+
+def run(args: list[str]) -> Result:
+    return CliRunner().invoke(cli, args)
+
+
+def store_listing(store: Path) -> list[str]:
+    return sorted(p.name for p in store.iterdir())
+
+
+def assert_recovered(scenario: Scenario, expect_format: str = "qcow2") -> tuple[str, str, int]:
+    placed = scenario.store / SNAPSHOT
+    md5, sha, size = digests(placed)
+    row = scenario.row()
+    assert (row["status"], row["deleted"], row["deleted_at"]) == ("active", 0, None)
+    assert (row["checksum"], row["size"], row["disk_format"]) == (md5, size, expect_format)
+    if "os_hash_value" in row:
+        assert (row["os_hash_algo"], row["os_hash_value"]) == ("sha512", sha)
+    assert qemu_info_format(placed) == expect_format
+    children = scenario.children()
+    assert children["image_properties"] == [(name, 0) for name in sorted(PROPERTIES)]
+    assert children["image_tags"] == [("golden", 0)]
+    assert children["image_members"] == [("a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6", 0)]
+    assert children["image_locations"] == [(f"file://{placed}", "active", 0, "{}")]
+    return md5, sha, size
+
+
+@pytest.mark.parametrize("schema", GENERATIONS)
+def test_incident_image_rebuilt_from_base_file_as_qcow2(
+    make_db: MakeDb, tmp_path: Path, schema: str
+) -> None:
+    scenario = incident_image(make_db, tmp_path, schema)
+    result = run(scenario.args("image", SNAPSHOT, "--base-file", str(scenario.base), "--yes"))
+    assert result.exit_code == 0, result.stderr
+    md5, sha, size = assert_recovered(scenario)
+    # qemu-img convert is deterministic: the rebuilt qcow2 is the snapshot Glance had, byte for byte.
+    assert (md5, sha, size) == scenario.original
+    placed = scenario.store / SNAPSHOT
+    assert placed.stat().st_mode & 0o777 == 0o640  # like the store's other file
+    assert store_listing(scenario.store) == sorted(
+        [SNAPSHOT, "6e2d4b1a-8c3f-4e5d-9a7b-1f0c2e3d4a5b", f".recover-lock-{SNAPSHOT}"]
+    )
+    assert "Done: recover image" in result.stdout
+
+
+def test_raw_row_gets_a_raw_copy(make_db: MakeDb, tmp_path: Path) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, disk_format="raw")
+    result = run(scenario.args("image", SNAPSHOT, "--base-file", str(scenario.base), "--yes"))
+    assert result.exit_code == 0, result.stderr
+    assert assert_recovered(scenario, "raw") == digests(scenario.base)
+    placed = scenario.store / SNAPSHOT
+    assert placed.stat().st_blocks * 512 < placed.stat().st_size  # holes stayed holes
+
+
+def test_pending_delete_with_file_present_is_undeleted_only(
+    make_db: MakeDb, tmp_path: Path
+) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, delayed=True)
+    placed = scenario.store / SNAPSHOT
+    inode, mtime = placed.stat().st_ino, placed.stat().st_mtime_ns
+    before = scenario.row()
+    result = run(scenario.args("image", SNAPSHOT, "--yes"))
+    assert result.exit_code == 0, result.stderr
+    assert "the store still holds" in result.stdout
+    row = scenario.row()
+    assert (row["checksum"], row["os_hash_value"], row["size"]) == (
+        before["checksum"], before["os_hash_value"], before["size"],
+    )  # fmt: skip
+    assert (placed.stat().st_ino, placed.stat().st_mtime_ns) == (inode, mtime)
+    assert_recovered(scenario)
+
+
+def test_dry_run_changes_nothing(make_db: MakeDb, tmp_path: Path, mariadb_server: Any) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    before, listing = mariadb_server.checksum("i_glance"), store_listing(scenario.store)
+    result = run(scenario.args("image", SNAPSHOT, "--base-file", str(scenario.base), "--dry-run"))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines()[0] == f"-- recover image {SNAPSHOT} (ucs-app-golden-snap)"
+    assert (
+        "deleted_at=NULL, deleted=0, status='active' WHERE image_locations.id = 1;" in result.stdout
+    )
+    assert "hashes and sizes are computed from the new file" in result.stdout
+    assert mariadb_server.checksum("i_glance") == before
+    assert store_listing(scenario.store) == listing
+
+
+def test_undo_puts_rows_back_and_removes_the_file(make_db: MakeDb, tmp_path: Path) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    deleted = dump_rows(scenario.glance_url)
+    assert (
+        run(scenario.args("image", SNAPSHOT, "--base-file", str(scenario.base), "--yes")).exit_code
+        == 0
+    )
+    (journal,) = (tmp_path / "state" / "journal").glob("*-image-*.json")
+    assert json.loads(journal.read_text())["files"] == [
+        {
+            "created": True,
+            "md5": scenario.original[0],
+            "path": str(scenario.store / SNAPSHOT),
+            "size": scenario.original[2],
+        }
+    ]
+    result = run(scenario.args("undo", str(journal), "--yes"))
+    assert result.exit_code == 0, result.stderr
+    assert dump_rows(scenario.glance_url) == deleted
+    assert not (scenario.store / SNAPSHOT).exists()
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        (
+            "not-a-uuid",
+            "Error: 'not-a-uuid' is not an image UUID; e.g. b3986e99-1988-43bb-b47c-0b34438bc189\n",
+        ),
+        ("../../../etc/passwd", "Error: '../../../etc/passwd' is not an image UUID"),
+        (f"{SNAPSHOT}/..", f"Error: '{SNAPSHOT}/..' is not an image UUID"),
+        (
+            "0" * 8 + "-0000-4000-8000-" + "0" * 12,
+            "Error: image 00000000-0000-4000-8000-000000000000 has no images row: it was purged",
+        ),
+    ],
+)
+def test_bad_image_arguments_change_nothing(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any, argument: str, message: str
+) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    before, listing = mariadb_server.checksum("i_glance"), store_listing(scenario.store)
+    result = run(scenario.args("image", "--base-file", str(scenario.base), "--yes", "--", argument))
+    assert result.exit_code == 1
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(message), result.stderr
+    assert mariadb_server.checksum("i_glance") == before
+    assert store_listing(scenario.store) == listing
+
+
+def test_active_image_is_refused(make_db: MakeDb, tmp_path: Path) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    assert (
+        run(scenario.args("image", SNAPSHOT, "--base-file", str(scenario.base), "--yes")).exit_code
+        == 0
+    )
+    again = run(scenario.args("image", SNAPSHOT, "--base-file", str(scenario.base), "--yes"))
+    assert (again.exit_code, again.stderr) == (
+        1,
+        f"Error: image {SNAPSHOT} is active: nothing to recover\n",
+    )
+
+
+def test_iso_row_needs_disk_format_raw(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any
+) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    mariadb_server.query(f"UPDATE i_glance.images SET disk_format = 'iso' WHERE id = '{SNAPSHOT}'")
+    refused = run(scenario.args("image", SNAPSHOT, "--base-file", str(scenario.base), "--yes"))
+    assert refused.exit_code == 1
+    assert refused.stderr == (
+        f"Error: image {SNAPSHOT} is 'iso', which qemu-img cannot write; pass --disk-format raw "
+        "to store the _base data as raw (the row is updated to match)\n"
+    )
+    done = run(
+        scenario.args(
+            "image", SNAPSHOT, "--base-file", str(scenario.base), "--disk-format", "raw", "--yes"
+        )
+    )
+    assert done.exit_code == 0, done.stderr
+    assert assert_recovered(scenario, "raw") == digests(scenario.base)
+
+
+@pytest.mark.parametrize(
+    ("prepare", "message"),
+    [
+        ("missing", "--base-file {base}.nope does not exist or is not a regular file"),
+        ("part", "{base}.part is a file nova is still writing; use the finished _base file"),
+        ("backing", "{base}.overlay on local has a backing file"),
+        ("small", "is 1048576 bytes, smaller than the image needs"),
+        ("truncated", "qemu-img info failed: "),
+    ],
+)
+def test_bad_sources_change_nothing(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any, prepare: str, message: str
+) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    base = scenario.base
+    source = {"missing": Path(f"{base}.nope"), "part": Path(f"{base}.part"), "backing": Path(f"{base}.overlay"),
+              "small": Path(f"{base}.small"), "truncated": Path(f"{base}.qcow2")}[prepare]  # fmt: skip
+    if prepare == "part":
+        source.write_bytes(base.read_bytes())
+    elif prepare == "backing":
+        subprocess.run(
+            ["qemu-img", "create", "-f", "qcow2", "-F", "raw", "-b", str(base), str(source)],
+            check=True,
+            capture_output=True,
+        )
+    elif prepare == "small":
+        subprocess.run(
+            ["qemu-img", "create", "-f", "raw", str(source), "1M"], check=True, capture_output=True
+        )
+        mariadb_server.query(f"UPDATE i_glance.images SET min_disk = 1 WHERE id = '{SNAPSHOT}'")
+    elif prepare == "truncated":
+        subprocess.run(
+            ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(base), str(source)], check=True
+        )
+        with open(source, "r+b") as handle:
+            handle.truncate(100)
+    before, listing = mariadb_server.checksum("i_glance"), store_listing(scenario.store)
+    result = run(scenario.args("image", SNAPSHOT, "--base-file", str(source), "--yes"))
+    assert result.exit_code == 1
+    assert len(result.stderr.splitlines()) == 1
+    assert message.format(base=base) in result.stderr, result.stderr
+    assert mariadb_server.checksum("i_glance") == before
+    assert store_listing(scenario.store) == listing
+
+
+def test_no_source_is_refused_with_the_choices(make_db: MakeDb, tmp_path: Path) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    result = run(scenario.args("image", SNAPSHOT, "--yes"))
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: no source for image {SNAPSHOT}: the store has no file for it; pass --from-host HOST "
+        "(a compute node running it), --from-host alone to try them all, or --base-file PATH\n"
+    )
+
+
+def test_database_error_at_commit_removes_the_placed_file(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any
+) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    mariadb_server.query(
+        "CREATE TRIGGER i_glance.no_tags BEFORE UPDATE ON i_glance.image_tags FOR EACH ROW "
+        "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'injected failure'"
+    )
+    try:
+        before, listing = mariadb_server.checksum("i_glance"), store_listing(scenario.store)
+        result = run(scenario.args("image", SNAPSHOT, "--base-file", str(scenario.base), "--yes"))
+        assert result.exit_code == 1
+        assert "injected failure" in result.stderr and len(result.stderr.splitlines()) == 1
+        assert mariadb_server.checksum("i_glance") == before
+        assert store_listing(scenario.store) == sorted([*listing, f".recover-lock-{SNAPSHOT}"])
+        (journal,) = (tmp_path / "state" / "journal").glob("*-image-*.json")
+        assert json.loads(journal.read_text())["status"] == "rolled-back"
+    finally:
+        mariadb_server.query("DROP TRIGGER i_glance.no_tags")
+
+
+@pytest.fixture
+def small_mount(tmp_path: Path) -> Any:
+    mounts: list[Path] = []
+
+    def mount(options: str) -> Path:
+        point = tmp_path / f"mnt{len(mounts)}"
+        point.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            message = f"cannot mount a tmpfs here: {done.stderr.strip()}"
+            pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def test_full_store_changes_nothing(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any, small_mount: Any
+) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    store = small_mount("size=256k")
+    before = mariadb_server.checksum("i_glance")
+    result = run(["--glance-db", scenario.glance_url, "--store-dir", str(store), "image", SNAPSHOT,
+                  "--base-file", str(scenario.base), "--yes"])  # fmt: skip
+    assert result.exit_code == 1
+    assert len(result.stderr.splitlines()) == 1 and "No space left on device" in result.stderr, (
+        result.stderr
+    )
+    assert mariadb_server.checksum("i_glance") == before
+    assert store_listing(store) == [f".recover-lock-{SNAPSHOT}"]
+
+
+def test_read_only_store_changes_nothing(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any, small_mount: Any
+) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    store = small_mount("size=1m,ro")
+    before = mariadb_server.checksum("i_glance")
+    result = run(["--glance-db", scenario.glance_url, "--store-dir", str(store), "image", SNAPSHOT,
+                  "--base-file", str(scenario.base), "--yes"])  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: store directory {store} is not writable\n"
+    assert mariadb_server.checksum("i_glance") == before
+
+
+def test_kill_during_transfer_then_rerun(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any
+) -> None:
+    """kill -9 mid-copy leaves the old rows and at most a temporary file; a re-run finishes the job."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, disk_format="raw")
+    before = mariadb_server.checksum("i_glance")
+    recover = str(Path(sys.executable).with_name("recover"))
+    env = {**os.environ, "RECOVER_STATE_DIR": str(tmp_path / "state")}
+    proc = subprocess.Popen([recover, *scenario.args("image", SNAPSHOT, "--base-file", str(scenario.base), "--yes")],
+                            env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 30
+    tmp_prefix = f".recover-tmp-{SNAPSHOT}-"
+    while time.monotonic() < deadline and not any(
+        n.startswith(tmp_prefix) for n in os.listdir(scenario.store)
+    ):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert mariadb_server.checksum("i_glance") == before
+    leftovers = [n for n in os.listdir(scenario.store) if n.startswith(".recover-tmp-")]
+    assert len(leftovers) <= 1
+    assert not (scenario.store / SNAPSHOT).exists()
+    result = run(scenario.args("image", SNAPSHOT, "--base-file", str(scenario.base), "--yes"))
+    assert result.exit_code == 0, result.stderr
+    assert [n for n in os.listdir(scenario.store) if n.startswith(".recover-tmp-")] == []
+    assert assert_recovered(scenario, "raw") == digests(scenario.base)
