@@ -360,6 +360,35 @@ def image(
 
 
 @cli.command()
+@click.argument("image_uuid")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="Report format.")  # fmt: skip
+@click.pass_obj
+def verify(app: AppContext, image_uuid: str, fmt: str) -> None:
+    """Check that a recovered image's row agrees with the file in the store.
+
+    Status and location as Glance needs them to serve it; size, checksum (md5)
+    and the multihash as glanceclient checks them on every download (Nova
+    downloads through it); the data's format against disk_format. Exit 1 when
+    any check fails. Read-only.
+
+    \b
+    Example:
+      recover --config /etc/recover.ini verify b3986e99-1988-43bb-b47c-0b34438bc189
+    """
+    from recover.images.verify import render, verify_image
+
+    result = verify_image(app.settings, image_uuid)
+    if fmt == "json":
+        click.echo(json.dumps(result.as_dict(), indent=2, sort_keys=True))
+    else:
+        click.echo(render(result), nl=False)
+    if not result.ok:
+        failed = ", ".join(name for name, ok, _ in result.checks if not ok)
+        raise RecoverError(f"image {result.image_id} does not verify ({failed})")
+
+
+@cli.command()
 @click.argument("journal_file", metavar="JOURNAL_FILE", type=click.Path(path_type=Path))
 @write_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",

@@ -354,3 +354,30 @@ def test_kill_during_transfer_then_rerun(
     assert result.exit_code == 0, result.stderr
     assert [n for n in os.listdir(scenario.store) if n.startswith(".recover-tmp-")] == []
     assert assert_recovered(scenario, "raw") == digests(scenario.base)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "bad"),
+    [
+        ("size", "12345", "size"),
+        ("os_hash_value", "'" + "0" * 128 + "'", "sha512"),
+        ("checksum", "'" + "0" * 32 + "'", "checksum"),
+    ],
+)
+def test_verify_catches_a_stale_row(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any, column: str, value: str, bad: str
+) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    assert (
+        run(scenario.args("image", SNAPSHOT, "--base-file", str(scenario.base), "--yes")).exit_code
+        == 0
+    )
+    good = run(scenario.args("verify", SNAPSHOT))
+    assert good.exit_code == 0
+    assert good.stdout.splitlines()[0] == f"image {SNAPSHOT}: OK"
+    mariadb_server.query(f"UPDATE i_glance.images SET {column} = {value} WHERE id = '{SNAPSHOT}'")
+    result = run(scenario.args("verify", SNAPSHOT, "--format", "json"))
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert [c["check"] for c in report["checks"] if not c["ok"]] == [bad]
+    assert result.stderr == f"Error: image {SNAPSHOT} does not verify ({bad})\n"

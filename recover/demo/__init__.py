@@ -17,12 +17,15 @@ from typing import Any
 
 from sqlalchemy import create_engine
 
-from recover.config import resolve
+from recover.config import Settings, resolve
 from recover.db.engine import Database, open_database
 from recover.demo.schema import glance_metadata, nova_metadata
 from recover.errors import RecoverError
 from recover.flavors import plan_flavor
 from recover.images import qemu
+from recover.images.recovery import ImageRecovery, ImageRequest
+from recover.images.verify import render as render_verification
+from recover.images.verify import verify_image
 from recover.inventory import base_file_name, scan
 from recover.report import render_table
 from recover.simulate import (
@@ -35,7 +38,7 @@ from recover.simulate import (
     delete_image,
     destroy_legacy_flavor,
 )
-from recover.write import execute
+from recover.write import Outcome, execute
 
 MARKER = ".recover-demo"
 
@@ -142,7 +145,7 @@ def write_incident(
     with glance.engine.begin() as conn:
         create_image(conn, glance, Image(
             id=SNAPSHOT, name="ucs-app-golden-snap", disk_format="qcow2", size=snapshot_size,
-            checksum=snapshot_md5, min_disk=60, created_at=datetime(2017, 3, 13, 18, 44, 2),
+            checksum=snapshot_md5, min_disk=0, created_at=datetime(2017, 3, 13, 18, 44, 2),
             properties={"image_type": "snapshot", "instance_uuid": SNAPSHOT_OF,
                         "base_image_ref": CIRROS, "hw_disk_bus": "virtio"},
             location=f"file://{store / SNAPSHOT}",
@@ -202,6 +205,18 @@ def build_sandbox(directory: Path) -> Path:
     return ini
 
 
+def recover_image_into(
+    settings: Settings, request: ImageRequest, command: str, journal_dir: Path
+) -> Outcome:
+    recovery = ImageRecovery(settings, request)
+    try:
+        return recovery.run(
+            dry_run=False, yes=True, command=command, confirm=None, journal_dir=journal_dir
+        )
+    finally:
+        recovery.close()
+
+
 def _step(echo: Echo, command: str) -> None:
     echo("")
     echo(f"$ {command}")
@@ -243,8 +258,26 @@ def run_demo(directory: Path, echo: Echo) -> None:
     echo(f"Done: {done.plan.title}")
     echo(f"Journal: {done.journal}")
 
+    base = root / "compute" / HOST / "var/lib/nova/instances/_base" / base_file_name(SNAPSHOT)
+    command = f"{prefix} image {SNAPSHOT} --base-file {base} --yes"
+    _step(echo, command)
+    echo("(the sandbox's compute node is a directory; on a cloud: --from-host compute-12)")
+    request = ImageRequest(SNAPSHOT, base_file=base)
+    image_done = recover_image_into(settings, request, command, root / "journal")
+    echo(f"Done: {image_done.plan.title}")
+    for note in image_done.plan.notes:
+        echo(f"  {note}")
+    echo(f"Journal: {image_done.journal}")
+    before, after = image_done.plan.changes[0].before, image_done.plan.changes[0].after
+    if before and after and before["checksum"] == after["checksum"]:
+        echo("  md5 equals the checksum Glance had before the delete: qemu-img convert is")
+        echo("  deterministic, so the rebuilt qcow2 is the original snapshot, byte for byte.")
+
+    _step(echo, f"{prefix} verify {SNAPSHOT}")
+    echo(render_verification(verify_image(settings, SNAPSHOT)).rstrip("\n"))
+
     _step(echo, f"{prefix} inventory")
     echo(render_table(scan(settings, now=INCIDENT)).rstrip("\n"))
     echo("")
-    echo("The flavor is back under its own id; undo it with `recover undo <journal>`.")
-    echo("The image needs its data rebuilt from the compute node's _base file.")
+    echo("Both are back under their own ids. Every change has a journal in")
+    echo(f"{root / 'journal'}; `recover undo <journal>` reverses it.")

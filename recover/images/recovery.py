@@ -319,7 +319,15 @@ class ImageRecovery:
         )
         return plan
 
-    def run(self, *, dry_run: bool, yes: bool, command: str, confirm: Confirm | None) -> Outcome:
+    def run(
+        self,
+        *,
+        dry_run: bool,
+        yes: bool,
+        command: str,
+        confirm: Confirm | None,
+        journal_dir: Path | None = None,
+    ) -> Outcome:
         if not self.store.is_dir():
             raise ConfigError(
                 f"store directory {self.store} does not exist", hint="pass --store-dir"
@@ -332,7 +340,10 @@ class ImageRecovery:
                 else NewData(existing, None, self.row["disk_format"]),
                 f"the store still holds {self.final}: un-delete only, hashes unchanged",
             )
-            return execute(plan, dry_run=dry_run, yes=yes, command=command, confirm=confirm)
+            return execute(
+                plan, dry_run=dry_run, yes=yes, command=command, confirm=confirm,
+                journal_dir=journal_dir,
+            )  # fmt: skip
         transport, path, info = self._source()
         if dry_run:
             plan = self.plan(
@@ -377,6 +388,7 @@ class ImageRecovery:
                     confirm=confirm,
                     on_journaled=(lambda: self._place(staged)) if existing is None else None,
                     on_failure=self._unplace,
+                    journal_dir=journal_dir,
                 )
             finally:
                 staged.discard()

@@ -1,0 +1,112 @@
+"""``recover verify``: does the Glance row agree with the bytes in the store?
+
+The same checks glanceclient makes on every download (``os_hash_value`` with
+``os_hash_algo``, else ``checksum``; the length from ``size``), plus what the
+API needs to serve the image at all (real-glance.md §4: ``status`` active,
+``deleted`` 0, a location with ``status`` active and ``deleted`` 0) and that
+the data is in the format the row claims (nova's format inspection refuses
+a mismatch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from sqlalchemy import select
+
+from recover.config import Settings
+from recover.db.cloud import open_glance
+from recover.errors import NotFoundError
+from recover.images import qemu
+from recover.images.digest import DEFAULT_ALGO, hash_file
+from recover.images.recovery import WRITABLE, validate_uuid
+
+
+@dataclass
+class Verification:
+    image_id: str
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+
+    def add(self, name: str, ok: bool, detail: str) -> None:
+        self.checks.append((name, ok, detail))
+
+    @property
+    def ok(self) -> bool:
+        return all(ok for _, ok, _ in self.checks)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.image_id,
+            "ok": self.ok,
+            "checks": [{"check": n, "ok": ok, "detail": d} for n, ok, d in self.checks],
+        }
+
+
+def _path_of(uri: str) -> Path | None:
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("file", "filesystem"):
+        return None
+    return Path(unquote(parsed.path))
+
+
+def verify_image(settings: Settings, image_id: str) -> Verification:
+    image_id = validate_uuid(image_id)
+    glance = open_glance(settings)
+    try:
+        with glance.db.engine.connect() as conn:
+            images = glance.images
+            row = conn.execute(select(images).where(images.c.id == image_id)).mappings().first()
+            if row is None:
+                raise NotFoundError(f"image {image_id} has no images row")
+            locations = glance.db.table("image_locations")
+            live = (
+                conn.execute(
+                    select(locations)
+                    .where(
+                        locations.c.image_id == image_id,
+                        locations.c.deleted == 0,
+                        locations.c.status == "active",
+                    )
+                    .order_by(locations.c.id)
+                )
+                .mappings()
+                .all()
+            )
+    finally:
+        glance.db.dispose()
+    result = Verification(image_id)
+    result.add("status", row["status"] == "active" and not row["deleted"],
+               f"status={row['status']} deleted={int(row['deleted'])}")  # fmt: skip
+    result.add("location", bool(live), f"{len(live)} active location(s)")
+    if not live:
+        return result
+    path = _path_of(live[-1]["value"])
+    if path is None:
+        result.add("file", False, f"{live[-1]['value']} is not a filesystem location")
+        return result
+    if not path.is_file():
+        result.add("file", False, f"{path} does not exist")
+        return result
+    algo = row.get("os_hash_algo") or settings.hashing_algorithm or DEFAULT_ALGO
+    digests = hash_file(str(path), algo)
+    result.add("size", row["size"] == digests.size, f"row {row['size']}, file {digests.size}")
+    if row.get("os_hash_value"):
+        result.add(algo, row["os_hash_value"] == digests.value,
+                   f"row {row['os_hash_value'][:16]}..., file {digests.value[:16]}...")  # fmt: skip
+    result.add(
+        "checksum", row["checksum"] == digests.md5, f"row {row['checksum']}, file {digests.md5}"
+    )
+    expected = WRITABLE.get(row["disk_format"] or "")
+    if expected is not None:
+        found = qemu.info(path).format
+        result.add("disk_format", found == expected, f"row {row['disk_format']}, data {found}")
+    return result
+
+
+def render(result: Verification) -> str:
+    lines = [f"image {result.image_id}: {'OK' if result.ok else 'FAILED'}"]
+    lines += [f"  {'ok ' if ok else 'BAD'}  {name}: {detail}" for name, ok, detail in result.checks]
+    return "\n".join(lines) + "\n"
