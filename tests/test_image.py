@@ -381,3 +381,27 @@ def test_verify_catches_a_stale_row(
     report = json.loads(result.stdout)
     assert [c["check"] for c in report["checks"] if not c["ok"]] == [bad]
     assert result.stderr == f"Error: image {SNAPSHOT} does not verify ({bad})\n"
+
+
+def test_concurrent_runs_on_one_image_exactly_one_wins(make_db: MakeDb, tmp_path: Path) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    recover = str(Path(sys.executable).with_name("recover"))
+    env = {**os.environ, "RECOVER_STATE_DIR": str(tmp_path / "race")}
+    argv = [recover, *scenario.args("image", SNAPSHOT, "--base-file", str(scenario.base), "--yes")]
+    procs = [
+        subprocess.Popen(
+            argv, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    results = [(p.wait(120), *p.communicate()) for p in procs]
+    assert sorted(code for code, _, _ in results) == [0, 1, 1, 1], results
+    for code, _, err in results:
+        if code:
+            assert len(err.splitlines()) == 1 and err.startswith("Error: "), err
+    assert assert_recovered(scenario) == scenario.original
+    assert [n for n in os.listdir(scenario.store) if n.startswith(".recover-tmp-")] == []
+    journals = [
+        json.loads(p.read_text())["status"] for p in (tmp_path / "race" / "journal").glob("*.json")
+    ]
+    assert journals.count("committed") == 1
