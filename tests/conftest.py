@@ -539,3 +539,43 @@ def make_db(db_factory: DatabaseFactory) -> DatabaseFactory:
     pair; see ``DatabaseFactory`` for the counters it exposes.
     """
     return db_factory
+
+
+# --- sshd: compute nodes reached over ssh (tests/sshd.py) --------------------------------
+
+# Imported here, not at the top, so this section stays one appended block.
+from tests.sshd import CountingSsh, SshdServer, start_sshd  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdServer]:
+    """The session's private ``sshd`` on 127.0.0.1 (``tests.sshd.SshdServer``).
+
+    ``sshd_server.ssh_command`` (``ssh -F <config>``) reaches it as ``compute-1``,
+    ``compute-2``, ``compute-3``, ``compute-07``, ``compute-12`` (and aliases added
+    with ``add_host``), logged in as the current user with a key made for the
+    session; ``compute-down`` is refused; ``compute-noqemu`` has no qemu-img on
+    its PATH. Skips (fails under ``CI=true``) without sshd/ssh/ssh-keygen.
+    """
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def ssh_env(monkeypatch: pytest.MonkeyPatch, sshd_server: SshdServer) -> SshdServer:
+    """``RECOVER_SSH_COMMAND`` set to ``sshd_server.ssh_command`` for this test; the server."""
+    monkeypatch.setenv("RECOVER_SSH_COMMAND", sshd_server.ssh_command)
+    return sshd_server
+
+
+@pytest.fixture
+def counting_ssh(tmp_path: Path, sshd_server: SshdServer) -> CountingSsh:
+    """A ``tests.sshd.CountingSsh``: ``.command`` for RECOVER_SSH_COMMAND, ``.bytes_received()``.
+
+    It does not set the variable itself: pass ``.command`` to ``SshTransport`` or
+    ``monkeypatch.setenv("RECOVER_SSH_COMMAND", counting_ssh.command)``.
+    """
+    return CountingSsh(tmp_path / "counting-ssh", sshd_server)

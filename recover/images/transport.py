@@ -241,6 +241,17 @@ class LocalTransport:
             raise RecoverError(f"cannot remove {_printable(path)}: {exc.strerror}") from None
 
 
+#: Batch mode, and give up on a host that stops answering instead of hanging a stream until
+#: the TCP timeout. ssh keeps the first value it sees for an option and command-line values
+#: beat ~/.ssh/config, so ``-o`` options in RECOVER_SSH_COMMAND (placed first) override these.
+SSH_OPTIONS = (
+    "-o", "BatchMode=yes",
+    "-o", "ConnectTimeout=20",
+    "-o", "ServerAliveInterval=15",
+    "-o", "ServerAliveCountMax=4",
+)  # fmt: skip
+
+
 def ssh_argv(command: str | None = None) -> list[str]:
     """The ssh command line: ``command``, else ``$RECOVER_SSH_COMMAND``, else ``ssh``."""
     if command is None:
@@ -276,7 +287,7 @@ class SshTransport:
     def argv(self, words: Sequence[str]) -> list[str]:
         """The local argv running ``words`` on the host with ``LC_ALL=C``, each word quoted."""
         remote = " ".join(shlex.quote(word) for word in ("env", "LC_ALL=C", *words))
-        return [*self.ssh, "-o", "BatchMode=yes", "--", self.host, remote]
+        return [*self.ssh, *SSH_OPTIONS, "--", self.host, remote]
 
     def _run(
         self, words: Sequence[str], timeout: float = SHORT_TIMEOUT_S
