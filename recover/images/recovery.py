@@ -141,13 +141,20 @@ class ImageRecovery:
             )
         return wanted
 
-    def _check_source(self, transport: Transport, path: str) -> qemu.ImageInfo:
+    def _check_source(self, transport: Transport, path: str) -> qemu.ImageInfo | None:
+        """Refuse a source that is not a whole, finished copy of this image.
+
+        None when the node has no qemu-img: the bytes are then checked here on arrival.
+        """
         if path.endswith(IN_PROGRESS_SUFFIXES):
             raise RefusedError(
                 f"{path} is a file nova is still writing; use the finished _base file"
             )
-        info = transport.qemu_img_info(path)
-        where = f"{path} on {transport.label}"
+        if not isinstance(transport, LocalTransport) and not transport.has_qemu_img():
+            return None
+        return self._check_info(transport.qemu_img_info(path), f"{path} on {transport.label}")
+
+    def _check_info(self, info: qemu.ImageInfo, where: str) -> qemu.ImageInfo:
         if info.backing_file:
             raise RefusedError(
                 f"{where} has a backing file ({info.backing_file}); it is not a whole image"
@@ -184,7 +191,7 @@ class ImageRecovery:
             nova.dispose()
         return sorted(hosts)
 
-    def _source(self) -> tuple[Transport, str, qemu.ImageInfo]:
+    def _source(self) -> tuple[Transport, str, qemu.ImageInfo | None]:
         request = self.request
         if request.base_file is not None:
             transport: Transport = LocalTransport()
@@ -210,8 +217,8 @@ class ImageRecovery:
             )
         misses = []
         for host in hosts:
-            transport = SshTransport(host)
             try:
+                transport = SshTransport(host)
                 if transport.stat_size(base) is not None:
                     return transport, base, self._check_source(transport, base)
                 misses.append(f"{host}: no {base}")
@@ -226,21 +233,20 @@ class ImageRecovery:
     # --- data ----------------------------------------------------------------------------
 
     def _produce(
-        self, staged: Staged, transport: Transport, path: str, info: qemu.ImageInfo
+        self, staged: Staged, transport: Transport, path: str, info: qemu.ImageInfo | None
     ) -> NewData:
         target = WRITABLE[self.target_format]
         progress = _progress(f"image {self.image_id}", None)
-        if info.format == target:
-            with transport.open_read(path) as stream:
-                digests = copy_hashing(stream, staged.fd, self.algo, progress)
+        if info is None:
+            digests = self._arrive_unchecked(staged, transport, path, target, progress)
+        elif info.format == target:
+            digests = copy_hashing_from(transport, path, staged, self.algo, progress)
         elif isinstance(transport, LocalTransport):
             staged.close()
             qemu.convert(path, info.format, staged.path, target)
             digests = hash_file(str(staged.path), self.algo, progress)
-        elif transport.has_qemu_img():
-            digests = self._convert_remotely(staged, transport, path, info, target, progress)
         else:
-            digests = self._convert_here(staged, transport, path, info, target, progress)
+            digests = self._convert_remotely(staged, transport, path, info, target, progress)
         checked = qemu.info(staged.path, target)
         if checked.format != target:
             raise RecoverError(f"the converted file is {checked.format}, not {target}")
@@ -249,14 +255,9 @@ class ImageRecovery:
         )
 
     def _convert_remotely(
-        self,
-        staged: Staged,
-        transport: Transport,
-        path: str,
-        info: qemu.ImageInfo,
-        target: str,
+        self, staged: Staged, transport: Transport, path: str, info: qemu.ImageInfo, target: str,
         progress: Progress | None,
-    ) -> Digests:
+    ) -> Digests:  # fmt: skip
         """Convert next to _base on the compute node: only the compact image crosses the network."""
         directory = posixpath.dirname(path)
         size = transport.stat_size(path) or info.virtual_size
@@ -268,30 +269,29 @@ class ImageRecovery:
         remote_tmp = posixpath.join(directory, f".recover-tmp-{self.image_id}.{target}")
         try:
             transport.convert(path, info.format, remote_tmp, target)
-            with transport.open_read(remote_tmp) as stream:
-                return copy_hashing(stream, staged.fd, self.algo, progress)
+            return copy_hashing_from(transport, remote_tmp, staged, self.algo, progress)
         finally:
             transport.remove(remote_tmp)
 
-    def _convert_here(
-        self,
-        staged: Staged,
-        transport: Transport,
-        path: str,
-        info: qemu.ImageInfo,
-        target: str,
+    def _arrive_unchecked(
+        self, staged: Staged, transport: Transport, path: str, target: str,
         progress: Progress | None,
-    ) -> Digests:
-        """No qemu-img on the compute node: bring the raw bytes once, convert here."""
-        raw = Staged(self.store, f"{self.image_id}-src")
+    ) -> Digests:  # fmt: skip
+        """No qemu-img on the node: bring the bytes once, check them here, convert here."""
+        digests = copy_hashing_from(transport, path, staged, self.algo, progress)
+        info = self._check_info(qemu.info(staged.path), f"{path} from {transport.label}")
+        if info.format == target:
+            return digests
+        source = Staged(self.store, f"{self.image_id}-src")
         try:
-            with transport.open_read(path) as stream:
-                copy_hashing(stream, raw.fd, self.algo, progress)
-            raw.close()
+            source.close()
             staged.close()
-            qemu.convert(raw.path, info.format, staged.path, target)
+            os.replace(staged.path, source.path)
+            # qemu-img keeps the mode of a file it overwrites: never world-readable meanwhile.
+            os.close(os.open(staged.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            qemu.convert(source.path, info.format, staged.path, target)
         finally:
-            raw.discard()
+            source.discard()
         return hash_file(str(staged.path), self.algo, progress)
 
     def _existing_file(self) -> Digests | None:
@@ -348,7 +348,7 @@ class ImageRecovery:
         if dry_run:
             plan = self.plan(
                 None,
-                f"rebuild from {path} on {transport.label} ({info.format} -> "
+                f"rebuild from {path} on {transport.label} ({_fmt(info)} -> "
                 f"{self.target_format}); hashes and sizes are computed from the new file",
             )
             return execute(plan, dry_run=True, yes=yes, command=command, confirm=confirm)
@@ -370,7 +370,7 @@ class ImageRecovery:
                 plan = self.plan(
                     new_data,
                     f"rebuild from {path} on {transport.label} "
-                    f"({info.format} -> {self.target_format})",
+                    f"({_fmt(info)} -> {self.target_format})",
                 )
                 plan.files = [
                     {
@@ -401,6 +401,17 @@ class ImageRecovery:
         if self.created_file:
             self.final.unlink(missing_ok=True)
             self.created_file = False
+
+
+def _fmt(info: qemu.ImageInfo | None) -> str:
+    return info.format if info is not None else "format checked on arrival"
+
+
+def copy_hashing_from(
+    transport: Transport, path: str, staged: Staged, algo: str, progress: Progress | None
+) -> Digests:
+    with transport.open_read(path) as stream:
+        return copy_hashing(stream, staged.fd, algo, progress)
 
 
 def recover_image(

@@ -1,0 +1,197 @@
+"""`recover image --from-host`: the compute node is a real sshd on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from recover.cli import cli
+from recover.db.engine import open_database
+from recover.demo import SNAPSHOT
+from recover.simulate import Instance, create_instance
+from tests import clouds
+from tests.clouds import MakeDb
+from tests.helpers import REPO_ROOT, require_binary
+from tests.images import Scenario, digests, incident_image, qemu_info_format
+from tests.test_image import assert_recovered, store_listing
+
+MARKER = Path("/tmp/recover-test-pwned")
+
+
+@pytest.fixture(autouse=True)
+def _tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ssh_env: Any) -> None:
+    require_binary("qemu-img")
+    monkeypatch.setenv("RECOVER_STATE_DIR", str(tmp_path / "state"))
+    MARKER.unlink(missing_ok=True)
+
+
+def run(args: list[str]) -> Result:
+    return CliRunner().invoke(cli, args)
+
+
+def image_bytes(counting_ssh: Any) -> list[int]:
+    """Bytes of the calls that carried image data (the rest are stat/df/qemu-img info replies)."""
+    calls = counting_ssh.calls()
+    small = [c["bytes"] for c in calls if c["bytes"] < 4096]
+    assert sum(small) < 64 * 1024
+    return [c["bytes"] for c in calls if c["bytes"] >= 4096]
+
+
+def from_host(scenario: Scenario, host: str | None, *more: str) -> list[str]:
+    option = ["--from-host"] if host is None else [f"--from-host={host}"]
+    return scenario.args(
+        "image", SNAPSHOT, *option, "--instances-path", str(scenario.instances_path), *more
+    )
+
+
+@pytest.mark.parametrize("schema", [clouds.LEGACY_GLANCE, clouds.MODERN_GLANCE])
+def test_incident_over_ssh_converts_on_the_node_and_sends_only_the_qcow2(
+    make_db: MakeDb, tmp_path: Path, schema: str, counting_ssh: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scenario = incident_image(make_db, tmp_path, schema)
+    monkeypatch.setenv("RECOVER_SSH_COMMAND", counting_ssh.command)
+    result = run(from_host(scenario, "compute-12", "--yes"))
+    assert result.exit_code == 0, result.stderr
+    assert "on compute-12 (ssh) (raw -> qcow2)" in result.stdout
+    assert assert_recovered(scenario) == scenario.original
+    # Only the compact qcow2 crossed the network, once; the raw _base file stayed put.
+    assert image_bytes(counting_ssh) == [scenario.original[2]]
+    assert scenario.base.stat().st_size > 50 * scenario.original[2]
+    # The temporary file next to _base was removed.
+    assert sorted(p.name for p in scenario.base.parent.iterdir()) == [scenario.base.name]
+
+
+def test_node_without_qemu_img_sends_raw_once_and_converts_here(
+    make_db: MakeDb, tmp_path: Path, counting_ssh: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    monkeypatch.setenv("RECOVER_SSH_COMMAND", counting_ssh.command)
+    result = run(from_host(scenario, "compute-noqemu", "--yes"))
+    assert result.exit_code == 0, result.stderr
+    assert assert_recovered(scenario) == scenario.original
+    assert image_bytes(counting_ssh) == [scenario.base.stat().st_size]  # one pass, raw
+
+
+def test_raw_row_is_streamed_once(
+    make_db: MakeDb, tmp_path: Path, counting_ssh: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, disk_format="raw")
+    monkeypatch.setenv("RECOVER_SSH_COMMAND", counting_ssh.command)
+    result = run(from_host(scenario, "compute-12", "--yes"))
+    assert result.exit_code == 0, result.stderr
+    assert assert_recovered(scenario, "raw") == digests(scenario.base)
+    assert image_bytes(counting_ssh) == [scenario.base.stat().st_size]
+
+
+def test_from_host_without_value_tries_the_inventory_hosts(make_db: MakeDb, tmp_path: Path) -> None:
+    """Hosts come from the Nova database, so they are untrusted: a hostile one never reaches a shell."""
+    scenario = incident_image(make_db, tmp_path, clouds.LEGACY_GLANCE)
+    nova_url = make_db(clouds.LEGACY_NOVA, "s_nova")
+    nova = open_database(nova_url, "nova")
+    hostile = (f"-oProxyCommand=touch {MARKER}", f"compute-1;touch {MARKER}")
+    with nova.engine.begin() as conn:
+        for n, host in enumerate((*hostile, "compute-3", "compute-12")):
+            create_instance(conn, nova, Instance(
+                uuid=f"90000000-0000-4000-8000-00000000000{n}", flavor=clouds.SMALL, flavor_id=1,
+                image_ref=SNAPSHOT, host=host,
+            ))  # fmt: skip
+    nova.dispose()
+    # compute-3 answers but has no _base file there; compute-12 has it.
+    empty = tmp_path / "empty-instances"
+    (empty / "_base").mkdir(parents=True)
+    result = run(["--nova-db", nova_url, *from_host(scenario, None, "--yes")])
+    assert result.exit_code == 0, result.stderr
+    assert assert_recovered(scenario) == scenario.original
+    assert not MARKER.exists()
+
+
+def test_unreachable_host_changes_nothing(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any
+) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    before, listing = mariadb_server.checksum("i_glance"), store_listing(scenario.store)
+    result = run(from_host(scenario, "compute-down", "--yes"))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        "Error: cannot reach compute-down over ssh: ssh: connect to host 127.0.0.1 port "
+    )
+    assert len(result.stderr.splitlines()) == 1
+    assert mariadb_server.checksum("i_glance") == before
+    assert store_listing(scenario.store) == listing
+
+
+def test_missing_base_file_changes_nothing(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any
+) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    scenario.base.unlink()
+    before = mariadb_server.checksum("i_glance")
+    result = run(from_host(scenario, "compute-12", "--yes"))
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: no compute node has the _base file: compute-12: no {scenario.base}\n"
+    )
+    assert mariadb_server.checksum("i_glance") == before
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "compute-1;touch /tmp/recover-test-pwned",
+        "$(touch /tmp/recover-test-pwned)",
+    ],
+)
+def test_hostile_host_names_never_reach_a_shell(make_db: MakeDb, tmp_path: Path, host: str) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    result = run(from_host(scenario, host, "--yes"))
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: host name {host!r} is not a valid host name\n"
+    assert not MARKER.exists()
+
+
+def test_kill_during_ssh_transfer_then_rerun(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any, sshd_server: Any
+) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, disk_format="raw")
+    before = mariadb_server.checksum("i_glance")
+    recover = str(Path(sys.executable).with_name("recover"))
+    env = {
+        **os.environ,
+        "RECOVER_STATE_DIR": str(tmp_path / "state"),
+        "RECOVER_SSH_COMMAND": sshd_server.ssh_command,
+    }
+    proc = subprocess.Popen([recover, *from_host(scenario, "compute-12", "--yes")], env=env, cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    prefix = f".recover-tmp-{SNAPSHOT}-"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(
+        n.startswith(prefix) for n in os.listdir(scenario.store)
+    ):
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGKILL)  # recover and its ssh child
+    proc.wait(10)
+    assert mariadb_server.checksum("i_glance") == before
+    assert not (scenario.store / SNAPSHOT).exists()
+    assert len([n for n in os.listdir(scenario.store) if n.startswith(".recover-tmp-")]) <= 1
+    result = run(from_host(scenario, "compute-12", "--yes"))
+    assert result.exit_code == 0, result.stderr
+    assert [n for n in os.listdir(scenario.store) if n.startswith(".recover-tmp-")] == []
+    assert assert_recovered(scenario, "raw") == digests(scenario.base)
+    assert qemu_info_format(scenario.store / SNAPSHOT) == "raw"
+
+
+def test_option_looking_host_on_the_command_line_is_a_usage_error(
+    make_db: MakeDb, tmp_path: Path
+) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    result = run(from_host(scenario, f"-oProxyCommand=touch {MARKER}", "--yes"))
+    assert result.exit_code == 2
+    assert not MARKER.exists()
