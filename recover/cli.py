@@ -234,6 +234,16 @@ WRITE_OPTIONS = [
 ]
 
 
+report_format = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Report format.",
+)
+
+
 def write_options(func: Any) -> Any:
     for option in reversed(WRITE_OPTIONS):
         func = option(func)
@@ -248,8 +258,7 @@ def write_options(func: Any) -> Any:
     help="Newton+: the instance whose embedded flavor to trust when instances disagree.",
 )
 @write_options
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="Report format.")  # fmt: skip
+@report_format
 @click.pass_obj
 def flavor(
     app: AppContext, flavor: str, from_instance: str | None, dry_run: bool, yes: bool, fmt: str
@@ -316,8 +325,7 @@ def flavor(
     help="Store the data in this format and update the row (e.g. raw for an iso/ami row).",
 )
 @write_options
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="Report format.")  # fmt: skip
+@report_format
 @click.pass_obj
 def image(
     app: AppContext,
@@ -361,8 +369,7 @@ def image(
 
 @cli.command()
 @click.argument("image_uuid")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="Report format.")  # fmt: skip
+@report_format
 @click.pass_obj
 def verify(app: AppContext, image_uuid: str, fmt: str) -> None:
     """Check that a recovered image's row agrees with the file in the store.
@@ -391,8 +398,7 @@ def verify(app: AppContext, image_uuid: str, fmt: str) -> None:
 @cli.command()
 @click.argument("journal_file", metavar="JOURNAL_FILE", type=click.Path(path_type=Path))
 @write_options
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="Report format.")  # fmt: skip
+@report_format
 @click.pass_obj
 def undo(app: AppContext, journal_file: Path, dry_run: bool, yes: bool, fmt: str) -> None:
     """Reverse what a journal recorded: put the rows back as they were.

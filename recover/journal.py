@@ -20,6 +20,7 @@ from sqlalchemy.engine import URL
 
 from recover.db.engine import Database
 from recover.errors import RecoverError
+from recover.fsutil import fsync_dir
 from recover.plan import Plan, RowChange
 from recover.secrets import mask_url
 
@@ -56,14 +57,6 @@ def _row(row: dict[str, Any] | None, codec: Any) -> dict[str, Any] | None:
 
 def _identity(url: URL) -> dict[str, Any]:
     return {"host": url.host, "port": url.port, "database": url.database}
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def new_path(plan: Plan, directory: Path | None = None) -> Path:
@@ -118,7 +111,7 @@ def rewrite(path: Path, document: dict[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def read(path: Path) -> dict[str, Any]:

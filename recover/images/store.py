@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recover.errors import RecoverError, RefusedError
+from recover.fsutil import fsync_dir
 
 TMP_PREFIX = ".recover-tmp-"
 LOCK_PREFIX = ".recover-lock-"
@@ -53,14 +54,6 @@ def store_ownership(store: Path) -> Ownership:
         return Ownership(uid, gid, mode)
     st = store.stat()
     return Ownership(st.st_uid, st.st_gid, DEFAULT_MODE)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextmanager
@@ -140,4 +133,4 @@ class Staged:
                 raise RecoverError(f"the store {self.store} is full") from None
             raise RecoverError(f"cannot place {final}: {exc.strerror}") from None
         self.path.unlink(missing_ok=True)
-        _fsync_dir(self.store)
+        fsync_dir(self.store)
