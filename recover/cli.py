@@ -324,6 +324,19 @@ def flavor(
     metavar="FMT",
     help="Store the data in this format and update the row (e.g. raw for an iso/ami row).",
 )
+@click.option(
+    "--via-api",
+    is_flag=True,
+    help="Set the row to queued and upload through the Glance API, so Glance writes any "
+    "store backend (file, RBD, Swift) and computes the hashes.",
+)
+@click.option(
+    "--verify/--no-verify",
+    default=None,
+    help="Download the image through the Glance API afterwards, as Nova does, and fail "
+    "loudly if glanceclient's integrity check does not pass. [default: on when the API "
+    "is configured]",
+)
 @write_options
 @report_format
 @click.pass_obj
@@ -334,6 +347,8 @@ def image(
     instances_path: str,
     base_file: Path | None,
     disk_format: str | None,
+    via_api: bool,
+    verify: bool | None,
     dry_run: bool,
     yes: bool,
     fmt: str,
@@ -361,9 +376,11 @@ def image(
     if base_file is not None and from_host is not None:
         raise click.UsageError("--base-file and --from-host are two sources: pick one")
     request = ImageRequest(image_uuid, base_file=base_file, from_host=from_host,
-                           instances_path=instances_path, disk_format=disk_format)  # fmt: skip
+                           instances_path=instances_path, disk_format=disk_format,
+                           via_api=via_api)  # fmt: skip
     outcome = recover_image(app.settings, request, dry_run=dry_run, yes=yes,
-                            command=_command_line(), confirm=_confirm_on_terminal())  # fmt: skip
+                            command=_command_line(), confirm=_confirm_on_terminal(),
+                            verify=verify)  # fmt: skip
     _report(outcome, fmt)
 
 
@@ -372,12 +389,15 @@ def image(
 @report_format
 @click.pass_obj
 def verify(app: AppContext, image_uuid: str, fmt: str) -> None:
-    """Check that a recovered image's row agrees with the file in the store.
+    """Check that a recovered image's row agrees with its data, and that Glance serves it.
 
     Status and location as Glance needs them to serve it; size, checksum (md5)
-    and the multihash as glanceclient checks them on every download (Nova
-    downloads through it); the data's format against disk_format. Exit 1 when
-    any check fails. Read-only.
+    and the multihash of the store file as glanceclient checks them on every
+    download (Nova downloads through it); the data's format against
+    disk_format. When the Glance API is configured (--glance-endpoint, or
+    OS_AUTH_URL and friends) it also shows the image and downloads it whole
+    through glanceclient, integrity check included: exactly what Nova does
+    before a boot or rebuild. Exit 1 when any check fails. Read-only.
 
     \b
     Example:

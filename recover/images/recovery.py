@@ -13,25 +13,25 @@ import os
 import posixpath
 import re
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 
+from recover import journal
 from recover.config import DEFAULT_INSTANCES_PATH, Settings
 from recover.db.cloud import open_glance, open_nova
 from recover.errors import ConfigError, NotFoundError, RecoverError, RefusedError
 from recover.glance import GlanceReader
-from recover.images import qemu
+from recover.images import api, qemu
 from recover.images.digest import DEFAULT_ALGO, Digests, Progress, copy_hashing, hash_file
 from recover.images.rows import NewData, image_plan
 from recover.images.store import Staged, image_lock, remove_stale, store_ownership
 from recover.images.transport import LocalTransport, SshTransport, Transport
 from recover.inventory import base_file_name
-from recover.plan import Plan
+from recover.plan import Plan, RowChange, apply
 from recover.write import Confirm, Outcome, execute
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -58,6 +58,8 @@ class ImageRequest:
     from_host: str | None = None
     instances_path: str = DEFAULT_INSTANCES_PATH
     disk_format: str | None = None
+    #: Set the row to queued and upload through the Glance API (any store backend).
+    via_api: bool = False
 
 
 def validate_uuid(text: str) -> str:
@@ -98,6 +100,8 @@ class ImageRecovery:
         self.target_format = self._target_format()
         self.algo = self.row.get("os_hash_algo") or settings.hashing_algorithm or DEFAULT_ALGO
         self.created_file = False
+        #: Hashes of the bytes this run produced (for the API verification afterwards).
+        self.new_digests: Digests | None = None
 
     def close(self) -> None:
         self.glance.db.dispose()
@@ -307,7 +311,7 @@ class ImageRecovery:
 
     # --- the whole run -------------------------------------------------------------------
 
-    def plan(self, new_data: NewData | None, action: str) -> Plan:
+    def plan(self, new_data: NewData | None, action: str, queued: bool = False) -> Plan:
         plan = image_plan(
             self.glance,
             self.row,
@@ -316,6 +320,7 @@ class ImageRecovery:
             store_id=self.settings.glance_store_id,
             now=datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0),
             action=action,
+            queued_for_upload=queued,
         )
         return plan
 
@@ -334,6 +339,7 @@ class ImageRecovery:
             )
         existing = self._existing_file() if self.final.exists() else None
         if existing is not None and self._matches_row(existing) and not self.request.disk_format:
+            self.new_digests = existing
             plan = self.plan(
                 None
                 if self.row.get("checksum")
@@ -360,6 +366,7 @@ class ImageRecovery:
             staged = Staged(self.store, self.image_id)
             try:
                 new_data = self._produce(staged, transport, path, info)
+                self.new_digests = new_data.digests
                 staged.finish(owner)
                 existing = self._existing_file()
                 if existing is not None and existing != new_data.digests:
@@ -393,6 +400,100 @@ class ImageRecovery:
             finally:
                 staged.discard()
 
+    def run_via_api(
+        self,
+        glance_api: Any,
+        *,
+        dry_run: bool,
+        yes: bool,
+        command: str,
+        confirm: Confirm | None,
+        journal_dir: Path | None = None,
+    ) -> Outcome:
+        """Queue the row, then let Glance itself write the bytes to whatever store it uses.
+
+        The integrity columns go NULL first, else Glance rejects different bytes
+        (glance 33 ``glance/location.py`` ``_verify_uploaded_data``); a failed upload
+        puts the rows back and removes the file Glance may have left in a file store,
+        which would make every later upload fail with ``Duplicate`` (real-glance.md §5).
+        """
+        transport, path, info = self._source()
+        label = f"upload through the Glance API from {path} on {transport.label}"
+        if dry_run:
+            plan = self.plan(None, label, queued=True)
+            return execute(plan, dry_run=True, yes=yes, command=command, confirm=confirm)
+        work = (
+            journal.journal_dir().parent / "tmp"
+            if journal_dir is None
+            else journal_dir.parent / "tmp"
+        )
+        work.mkdir(parents=True, exist_ok=True, mode=0o700)
+        store_file_before = self.final.exists()
+        staged = Staged(work, self.image_id)
+        try:
+            new_data = self._produce(staged, transport, path, info)
+            staged.close()
+            plan = self.plan(new_data, label, queued=True)
+            outcome = execute(plan, dry_run=False, yes=yes, command=command, confirm=confirm,
+                              journal_dir=journal_dir)  # fmt: skip
+            assert outcome.journal is not None
+            try:
+                with open(staged.path, "rb") as data:
+                    api.upload(glance_api, self.image_id, data, new_data.digests.size)
+            except BaseException:
+                self._undo_queue(plan, outcome.journal, command, store_file_before)
+                raise
+            self._record_upload(plan, outcome.journal, command, store_file_before)
+            outcome.extra["uploaded"] = {"md5": new_data.digests.md5, "size": new_data.digests.size}
+            self.new_digests = new_data.digests
+            return outcome
+        finally:
+            staged.discard()
+
+    def _current(self, plan: Plan) -> list[RowChange]:
+        """The plan's rows as they are now, after Glance touched them."""
+        changes = []
+        with self.glance.db.engine.connect() as conn:
+            for change in plan.changes:
+                table = self.glance.db.table(change.table)
+                key = and_(*(table.c[k] == v for k, v in change.key.items()))
+                found = conn.execute(select(table).where(key)).mappings().first()
+                changes.append(replace(change, after=dict(found) if found else None))
+        return changes
+
+    def _undo_queue(self, plan: Plan, path: Path, command: str, store_file_before: bool) -> None:
+        """The upload failed: put every row back as it was before the plan, whatever Glance did."""
+        now = self._current(plan)
+        restore = Plan(
+            title=f"restore after a failed upload: {plan.title}",
+            db=plan.db,
+            target=plan.target,
+            changes=[RowChange(c.table, c.key, before=c.after, after=o.before)
+                     for c, o in zip(now, plan.changes, strict=True)],
+        )  # fmt: skip
+        apply(restore)
+        if not store_file_before and self.final.exists():
+            self.final.unlink()  # Glance's leftover would make every later upload a Duplicate
+        journal.write(path, plan, "rolled-back", command)
+
+    def _record_upload(self, plan: Plan, path: Path, command: str, store_file_before: bool) -> None:
+        """Amend the journal with what Glance wrote, so ``undo`` reverses the whole recovery."""
+        changes = self._current(plan)
+        table = self.glance.db.table("image_locations")
+        known = {c.key["id"] for c in plan.changes if c.table == "image_locations"}
+        with self.glance.db.engine.connect() as conn:
+            rows = conn.execute(select(table).where(table.c.image_id == self.image_id)).mappings()
+            changes += [
+                RowChange("image_locations", {"id": r["id"]}, before=None, after=dict(r))
+                for r in rows
+                if r["id"] not in known and not r["deleted"]
+            ]
+        plan.changes = changes
+        if not store_file_before and self.final.is_file():
+            plan.files = [{"path": str(self.final), "size": self.final.stat().st_size,
+                           "created": True, "by": "glance"}]  # fmt: skip
+        journal.write(path, plan, "committed", command)
+
     def _place(self, staged: Staged) -> None:
         staged.place(self.final)
         self.created_file = True
@@ -422,12 +523,43 @@ def recover_image(
     yes: bool,
     command: str,
     confirm: Confirm | None,
+    verify: bool | None = None,
 ) -> Outcome:
+    """Recover, then (when the Glance API is configured, or ``verify`` says so) download the
+    image through glanceclient exactly as Nova will, and fail loudly if that does not pass."""
+    api_on = api.configured(settings)
+    want_verify = api_on if verify is None else verify
+    if want_verify and not api_on:
+        raise ConfigError(
+            "--verify downloads the image through the Glance API, which is not configured",
+            hint="pass --glance-endpoint (and --os-token) or set OS_AUTH_URL; or --no-verify",
+        )
+    if request.via_api and not api_on:
+        raise ConfigError(
+            "--via-api uploads through the Glance API, which is not configured",
+            hint="pass --glance-endpoint (and --os-token) or set OS_AUTH_URL",
+        )
+    glance_api = api.client(settings) if api_on and (want_verify or request.via_api) else None
     recovery = ImageRecovery(settings, request)
     try:
-        return recovery.run(dry_run=dry_run, yes=yes, command=command, confirm=confirm)
+        if request.via_api:
+            outcome = recovery.run_via_api(
+                glance_api, dry_run=dry_run, yes=yes, command=command, confirm=confirm
+            )
+        else:
+            outcome = recovery.run(dry_run=dry_run, yes=yes, command=command, confirm=confirm)
     finally:
         recovery.close()
-
-
-Callback = Callable[[], None]
+    if outcome.status == "applied" and want_verify:
+        checks = api.verify(glance_api, recovery.image_id, recovery.new_digests)
+        outcome.extra["verify"] = [
+            {"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks
+        ]
+        failed = [f"{c.name} ({c.detail})" for c in checks if not c.ok]
+        if failed:
+            raise RecoverError(
+                f"image {recovery.image_id} was recovered and COMMITTED, but Glance verification "
+                f"FAILED: {'; '.join(failed)}",
+                hint=f"inspect it; `recover undo {outcome.journal}` reverses the recovery",
+            )
+    return outcome

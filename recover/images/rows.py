@@ -50,12 +50,22 @@ def image_plan(
     store_id: str | None,
     now: datetime,
     action: str,
+    queued_for_upload: bool = False,
 ) -> Plan:
+    """The rows back to live. ``queued_for_upload``: status ``queued`` with the integrity
+    columns NULL, so Glance accepts an API upload of new bytes (real-glance.md §5, Q1/Q3),
+    and the locations left alone: Glance writes a new one when the upload succeeds."""
     db = glance.db
     images = db.table("images")
     columns = set(images.c.keys())
-    after = {**image, "status": "active", "deleted": 0, "deleted_at": None, "updated_at": now}
-    if new_data is not None:
+    status = "queued" if queued_for_upload else "active"
+    after = {**image, "status": status, "deleted": 0, "deleted_at": None, "updated_at": now}
+    if queued_for_upload:
+        integrity = ("checksum", "size", "virtual_size", "os_hash_algo", "os_hash_value")
+        after.update({c: None for c in integrity if c in columns})
+        if new_data is not None:
+            after["disk_format"] = new_data.disk_format
+    elif new_data is not None:
         after["checksum"] = new_data.digests.md5
         after["size"] = new_data.digests.size
         after["disk_format"] = new_data.disk_format
@@ -68,7 +78,8 @@ def image_plan(
     anchor = image["deleted_at"]
     counts: dict[str, int] = {}
     with db.engine.connect() as conn:
-        changes.append(_location(conn, glance, image, location_uri, store_id, now))
+        if not queued_for_upload:
+            changes.append(_location(conn, glance, image, location_uri, store_id, now))
         for table_name, window in (
             ("image_properties", PROPERTY_WINDOW),
             ("image_tags", SAME_TIME),
@@ -94,11 +105,11 @@ def image_plan(
                 for r in revived
             ]
     notes = [
-        f"{action}; image row back to active",
+        f"{action}; image row back to {status}",
         "restore the properties, tags and members deleted with it: "
         + ", ".join(f"{n} {t.removeprefix('image_')}" for t, n in counts.items()),
     ]
-    if new_data is not None:
+    if new_data is not None and not queued_for_upload:
         notes.append(
             f"new data: {new_data.disk_format}, {new_data.digests.size} bytes, md5 "
             f"{new_data.digests.md5}, {new_data.digests.algo} {new_data.digests.value[:16]}..."

@@ -1,4 +1,4 @@
-"""``recover verify``: does the Glance row agree with the bytes in the store?
+"""``recover verify``: does the Glance row agree with the bytes, and does Glance serve them?
 
 The same checks glanceclient makes on every download (``os_hash_value`` with
 ``os_hash_algo``, else ``checksum``; the length from ``size``), plus what the
@@ -20,8 +20,8 @@ from sqlalchemy import select
 from recover.config import Settings
 from recover.db.cloud import open_glance
 from recover.errors import NotFoundError
-from recover.images import qemu
-from recover.images.digest import DEFAULT_ALGO, hash_file
+from recover.images import api, qemu
+from recover.images.digest import DEFAULT_ALGO, Digests, hash_file
 from recover.images.recovery import WRITABLE, validate_uuid
 
 
@@ -54,6 +54,7 @@ def _path_of(uri: str) -> Path | None:
 
 def verify_image(settings: Settings, image_id: str) -> Verification:
     image_id = validate_uuid(image_id)
+    use_api = api.configured(settings)
     glance = open_glance(settings)
     try:
         with glance.db.engine.connect() as conn:
@@ -82,12 +83,15 @@ def verify_image(settings: Settings, image_id: str) -> Verification:
                f"status={row['status']} deleted={int(row['deleted'])}")  # fmt: skip
     result.add("location", bool(live), f"{len(live)} active location(s)")
     if not live:
-        return result
+        return _with_api(result, settings, None) if use_api else result
     path = _path_of(live[-1]["value"])
     if path is None:
         result.add("file", False, f"{live[-1]['value']} is not a filesystem location")
         return result
     if not path.is_file():
+        if use_api:
+            result.add("file", True, f"{path} is not on this machine: checked through the API")
+            return _with_api(result, settings, None)
         result.add("file", False, f"{path} does not exist")
         return result
     algo = row.get("os_hash_algo") or settings.hashing_algorithm or DEFAULT_ALGO
@@ -103,6 +107,13 @@ def verify_image(settings: Settings, image_id: str) -> Verification:
     if expected is not None:
         found = qemu.info(path).format
         result.add("disk_format", found == expected, f"row {row['disk_format']}, data {found}")
+    return _with_api(result, settings, digests) if use_api else result
+
+
+def _with_api(result: Verification, settings: Settings, digests: Digests | None) -> Verification:
+    """What Nova will see: the API's view of the image and a verified download."""
+    for check in api.verify(api.client(settings), result.image_id, digests):
+        result.add(check.name, check.ok, check.detail)
     return result
 
 

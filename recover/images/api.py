@@ -1,0 +1,176 @@
+"""The Glance API through python-glanceclient v2: verify as Nova downloads, upload for any store.
+
+Authentication: ``--glance-endpoint`` with ``--os-token`` for a Glance without
+Keystone, else a keystoneauth1 session from the usual ``OS_*`` variables.
+Nova downloads with ``images.data(image_id)`` and glanceclient's default
+``do_checksum=True`` (nova 34 ``nova/image/glance.py``), which checks the
+multihash (else md5) at the end of the stream (glanceclient 4.13
+``glanceclient/common/utils.py`` ``serious_integrity_iter``): we do exactly that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from recover.config import Settings
+from recover.errors import ConfigError, RecoverError
+from recover.images.digest import Digests
+from recover.secrets import remember_secret, scrub
+
+
+class GlanceApiError(RecoverError):
+    """The Glance API refused or failed a request."""
+
+
+def configured(settings: Settings, environ: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if environ is None else environ
+    return settings.glance_endpoint is not None or bool(env.get("OS_AUTH_URL"))
+
+
+def client(settings: Settings, environ: Mapping[str, str] | None = None) -> Any:
+    """A glanceclient v2 Client, or ConfigError when no API is configured."""
+    from glanceclient import Client
+
+    env = os.environ if environ is None else environ
+    if settings.glance_endpoint is not None:
+        token = settings.os_token.value if settings.os_token else env.get("OS_TOKEN")
+        return Client("2", endpoint=settings.glance_endpoint.value, token=token)
+    if not env.get("OS_AUTH_URL"):
+        raise ConfigError(
+            "no Glance API configured",
+            hint="pass --glance-endpoint URL (and --os-token), or set OS_AUTH_URL and the other "
+            "OS_* variables",
+        )
+    from keystoneauth1 import loading, session
+
+    options = {
+        "auth_url": env["OS_AUTH_URL"],
+        "username": env.get("OS_USERNAME"),
+        "password": env.get("OS_PASSWORD"),
+        "project_name": env.get("OS_PROJECT_NAME") or env.get("OS_TENANT_NAME"),
+        "project_id": env.get("OS_PROJECT_ID"),
+        "user_domain_name": env.get("OS_USER_DOMAIN_NAME"),
+        "user_domain_id": env.get("OS_USER_DOMAIN_ID"),
+        "project_domain_name": env.get("OS_PROJECT_DOMAIN_NAME"),
+        "project_domain_id": env.get("OS_PROJECT_DOMAIN_ID"),
+    }
+    remember_secret(options["password"])
+    plugin = "token" if env.get("OS_TOKEN") and not options["password"] else "password"
+    if plugin == "token":
+        remember_secret(env["OS_TOKEN"])
+        options = {k: v for k, v in options.items() if k not in ("username", "password")}
+        options["token"] = env["OS_TOKEN"]
+    loader: Any = loading.get_plugin_loader(plugin)
+    auth = loader.load_from_options(**{k: v for k, v in options.items() if v})
+    verify: bool | str = env.get("OS_CACERT") or True
+    if env.get("OS_INSECURE", "").lower() in ("1", "true", "yes"):
+        verify = False
+    return Client(
+        "2",
+        session=session.Session(auth=auth, verify=verify),
+        interface=env.get("OS_INTERFACE", "public"),
+        region_name=env.get("OS_REGION_NAME"),
+    )
+
+
+@contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Turn glanceclient/keystoneauth exceptions into one clear line."""
+    from glanceclient import exc
+
+    try:
+        yield
+    except exc.HTTPUnauthorized:
+        raise GlanceApiError(
+            f"{what}: Glance says 401 Unauthorized", hint="check the token or OS_* credentials"
+        ) from None
+    except exc.HTTPForbidden:
+        raise GlanceApiError(
+            f"{what}: Glance says 403 Forbidden", hint="the account needs the admin role"
+        ) from None
+    except exc.HTTPNotFound:
+        raise GlanceApiError(f"{what}: Glance says 404 Not Found") from None
+    except exc.HTTPException as error:
+        code = getattr(error, "code", "?")
+        detail = scrub(str(getattr(error, "details", "") or error)).splitlines()[0][:200]
+        raise GlanceApiError(f"{what}: Glance answered HTTP {code}: {detail}") from None
+    except exc.CommunicationError as error:
+        raise GlanceApiError(
+            f"{what}: cannot reach the Glance API: {scrub(str(error))[:200]}"
+        ) from None
+    except Exception as error:  # keystoneauth1 and requests raise their own
+        module = type(error).__module__
+        if module.startswith(("keystoneauth1", "requests", "urllib3")):
+            message = (
+                scrub(str(error)).splitlines()[0][:200] if str(error) else type(error).__name__
+            )
+            raise GlanceApiError(f"{what}: {message}") from None
+        raise
+
+
+@dataclass
+class ApiCheck:
+    name: str
+    ok: bool
+    detail: str
+
+
+def verify(glance: Any, image_id: str, expected: Digests | None = None) -> list[ApiCheck]:
+    """Show the image and download it whole through glanceclient, as Nova does."""
+    checks: list[ApiCheck] = []
+    with translated(f"show image {image_id}"):
+        image = glance.images.get(image_id)
+    status = image.get("status")
+    checks.append(ApiCheck("api status", status == "active", f"status={status}"))
+    if expected is not None:
+        for name, want in (
+            ("checksum", expected.md5),
+            ("os_hash_value", expected.value),
+            ("size", expected.size),
+        ):
+            got = image.get(name)
+            if got is not None or name != "os_hash_value":
+                checks.append(ApiCheck(f"api {name}", got == want, f"api {got}, file {want}"))
+    algo = image.get("os_hash_algo") or "sha512"
+    digest = hashlib.new(algo)
+    received = 0
+    try:
+        with translated(f"download image {image_id}"):
+            body = glance.images.data(image_id)
+            if body is None or getattr(body, "wrapped", body) is None:
+                checks.append(
+                    ApiCheck("api download", False, "Glance has no data for it (HTTP 204)")
+                )
+                return checks
+            for chunk in body:
+                digest.update(chunk)
+                received += len(chunk)
+    except OSError as error:  # glanceclient's integrity check
+        checks.append(
+            ApiCheck("api download", False, f"after {received} bytes: {error.strerror or error}")
+        )
+        return checks
+    except Exception as error:  # a truncated or broken stream (requests' ChunkedEncodingError)
+        if type(error).__module__.startswith(("requests", "urllib3")):
+            checks.append(
+                ApiCheck("api download", False, f"after {received} bytes: {type(error).__name__}")
+            )
+            return checks
+        raise
+    checks.append(
+        ApiCheck(
+            "api download", True, f"{received} bytes, glanceclient integrity check passed ({algo})"
+        )
+    )
+    return checks
+
+
+def upload(glance: Any, image_id: str, data: BinaryIO, size: int) -> None:
+    """Upload the bytes of a ``queued`` image; Glance writes the store and the hashes."""
+    with translated(f"upload image {image_id}"):
+        glance.images.upload(image_id, data, image_size=size)
