@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.sql import ClauseElement
 
+from recover import faults
 from recover.db.engine import Database, describe_db_error
 from recover.errors import RecoverError, RefusedError
 
@@ -230,6 +231,7 @@ def apply(plan: Plan, before_commit: Callable[[], None] = lambda: None) -> None:
             before_commit()
             for _, statement in statements(plan):
                 conn.execute(statement)  # type: ignore[call-overload]
+            faults.point("in-transaction")
     except IntegrityError as exc:
         raise ConcurrentChangeError(
             f"the database refused the change: {describe_db_error(exc)}",

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recover import journal
+from recover import faults, journal
 from recover.config import Settings
 from recover.db.cloud import open_nova
 from recover.db.engine import Database, open_database
@@ -78,6 +78,7 @@ def execute(
 
     def before_commit() -> None:
         journal.write(path, plan, "applying", command)
+        faults.point("journaled")
         if on_journaled is not None:
             on_journaled()  # e.g. place the image file: after the journal names it
 
@@ -89,6 +90,7 @@ def execute(
         if path.exists():
             journal.write(path, plan, "rolled-back", command)
         raise
+    faults.point("committed")
     journal.write(path, plan, "committed", command)
     problems = verify(plan)
     if problems:

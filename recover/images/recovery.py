@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import and_, select
 
-from recover import journal
+from recover import faults, journal
 from recover.config import DEFAULT_INSTANCES_PATH, Settings
 from recover.db.cloud import open_glance, open_nova
 from recover.errors import ConfigError, NotFoundError, RecoverError, RefusedError
@@ -247,6 +247,7 @@ class ImageRecovery:
             digests = copy_hashing_from(transport, path, staged, self.algo, progress)
         elif isinstance(transport, LocalTransport):
             staged.close()
+            faults.point("convert")
             qemu.convert(path, info.format, staged.path, target)
             digests = hash_file(str(staged.path), self.algo, progress)
         else:
@@ -272,6 +273,7 @@ class ImageRecovery:
             )
         remote_tmp = posixpath.join(directory, f".recover-tmp-{self.image_id}.{target}")
         try:
+            faults.point("convert")
             transport.convert(path, info.format, remote_tmp, target)
             return copy_hashing_from(transport, remote_tmp, staged, self.algo, progress)
         finally:
@@ -368,6 +370,7 @@ class ImageRecovery:
                 new_data = self._produce(staged, transport, path, info)
                 self.new_digests = new_data.digests
                 staged.finish(owner)
+                faults.point("staged")
                 existing = self._existing_file()
                 if existing is not None and existing != new_data.digests:
                     raise RefusedError(
@@ -497,6 +500,7 @@ class ImageRecovery:
     def _place(self, staged: Staged) -> None:
         staged.place(self.final)
         self.created_file = True
+        faults.point("placed")
 
     def _unplace(self) -> None:
         if self.created_file:

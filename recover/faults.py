@@ -1,0 +1,22 @@
+"""Fault injection for the reliability suite: ``RECOVER_FAULT_POINT=<name>`` kills the process
+with SIGKILL when it reaches that point, exactly like ``kill -9`` at that moment.
+
+Points: ``convert`` (qemu-img about to convert), ``staged`` (file complete under its
+temporary name), ``journaled`` (the journal is on disk, nothing else changed), ``placed``
+(image file in place, transaction not committed), ``in-transaction`` (statements executed,
+not committed), ``committed`` (committed, journal not yet marked). Unset in production: one
+dictionary look-up.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "RECOVER_FAULT_POINT"
+POINTS = ("convert", "staged", "journaled", "placed", "in-transaction", "committed")
+
+
+def point(name: str) -> None:
+    if os.environ.get(ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
