@@ -18,5 +18,10 @@ POINTS = ("convert", "staged", "journaled", "placed", "in-transaction", "committ
 
 
 def point(name: str) -> None:
-    if os.environ.get(ENV) == name:
+    """SIGKILL at ``name``; with ``name:stop``, SIGSTOP instead, so a test can act (say, KILL
+    the database connection) and then SIGCONT the process."""
+    wanted = os.environ.get(ENV)
+    if wanted == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    elif wanted == f"{name}:stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
