@@ -579,3 +579,77 @@ def counting_ssh(tmp_path: Path, sshd_server: SshdServer) -> CountingSsh:
     ``monkeypatch.setenv("RECOVER_SSH_COMMAND", counting_ssh.command)``.
     """
     return CountingSsh(tmp_path / "counting-ssh", sshd_server)
+
+
+# --- glance_api: a real Glance 33 API, no Keystone (tests/glance_api.py) -------------------
+
+# Imported here, not at the top, so this section stays one appended block.
+import sys  # noqa: E402
+
+from tests.glance_api import GlanceApi, glance_venv, start_glance  # noqa: E402
+
+GLANCE_API_DB = "ga_glance"
+"""The glance_api tier's database: synced by Glance itself, never TRUNCATEd by ``make_db``."""
+
+
+@pytest.fixture(scope="session")
+def glance_api_venv() -> Path:
+    """Venv with glance 33 + gunicorn + pymysql (``$RECOVER_GLANCE_VENV``, else ``.cache/glance-venv``).
+
+    Built on first use (30-40 s) and reused; skips locally and fails under
+    ``CI=true`` when it cannot be installed.
+    """
+    venv, seconds = glance_venv()
+    if seconds is not None:
+        sys.stderr.write(f"\nglance venv {venv} built in {seconds:.1f} s\n")
+    return venv
+
+
+@pytest.fixture(scope="session")
+def glance_api(
+    glance_api_venv: Path,
+    mariadb_server: MariaDBServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[GlanceApi]:
+    """A real Glance API (``tests.glance_api.GlanceApi``) for the session.
+
+    Database ``ga_glance`` (dropped and created ``CHARACTER SET utf8``, then
+    ``glance-manage db_sync``) on ``mariadb_server``; legacy single filesystem
+    store, ``delayed_delete = false``; gunicorn on a free port of 127.0.0.1,
+    stopped at session end. ``.endpoint``, ``.db_url``, ``.db_name``,
+    ``.store_dir``, ``.conf_path``, ``.client()``, ``.query(sql)``,
+    ``.log_tail()``. The database persists across tests: create fresh images.
+    """
+    mariadb_server.query(f"DROP DATABASE IF EXISTS `{GLANCE_API_DB}`")
+    mariadb_server.query(f"CREATE DATABASE `{GLANCE_API_DB}` CHARACTER SET utf8")
+    api = start_glance(
+        tmp_path_factory.mktemp("glance-api"), glance_api_venv, mariadb_server, GLANCE_API_DB,
+        sync=True,
+    )  # fmt: skip
+    sys.stderr.write(
+        f"\nglance_api {api.endpoint}: db_sync {api.sync_seconds:.2f} s,"
+        f" gunicorn up in {api.startup_seconds:.2f} s\n"
+    )
+    try:
+        yield api
+    finally:
+        api.stop()
+
+
+@pytest.fixture(scope="session")
+def glance_api_delayed(
+    glance_api: GlanceApi, glance_api_venv: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GlanceApi]:
+    """A second Glance API on ``glance_api``'s database and store, with ``delayed_delete = true``.
+
+    A DELETE through it leaves ``pending_delete`` rows and the file in the store
+    (no scrubber runs). Started on first request (about 1.3 s).
+    """
+    api = start_glance(
+        tmp_path_factory.mktemp("glance-api-delayed"), glance_api_venv, glance_api.server,
+        glance_api.db_name, store_dir=glance_api.store_dir, delayed_delete=True,
+    )  # fmt: skip
+    try:
+        yield api
+    finally:
+        api.stop()

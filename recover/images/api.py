@@ -34,12 +34,12 @@ def configured(settings: Settings, environ: Mapping[str, str] | None = None) -> 
 
 def client(settings: Settings, environ: Mapping[str, str] | None = None) -> Any:
     """A glanceclient v2 Client, or ConfigError when no API is configured."""
-    from glanceclient import Client
+    from glanceclient.v2.client import Client
 
     env = os.environ if environ is None else environ
     if settings.glance_endpoint is not None:
         token = settings.os_token.value if settings.os_token else env.get("OS_TOKEN")
-        return Client("2", endpoint=settings.glance_endpoint.value, token=token)
+        return Client(settings.glance_endpoint.value, token=token)
     if not env.get("OS_AUTH_URL"):
         raise ConfigError(
             "no Glance API configured",
@@ -71,7 +71,6 @@ def client(settings: Settings, environ: Mapping[str, str] | None = None) -> Any:
     if env.get("OS_INSECURE", "").lower() in ("1", "true", "yes"):
         verify = False
     return Client(
-        "2",
         session=session.Session(auth=auth, verify=verify),
         interface=env.get("OS_INTERFACE", "public"),
         region_name=env.get("OS_REGION_NAME"),
@@ -139,35 +138,32 @@ def verify(glance: Any, image_id: str, expected: Digests | None = None) -> list[
     algo = image.get("os_hash_algo") or "sha512"
     digest = hashlib.new(algo)
     received = 0
-    try:
-        with translated(f"download image {image_id}"):
-            body = glance.images.data(image_id)
-            if body is None or getattr(body, "wrapped", body) is None:
-                checks.append(
-                    ApiCheck("api download", False, "Glance has no data for it (HTTP 204)")
-                )
-                return checks
-            for chunk in body:
-                digest.update(chunk)
-                received += len(chunk)
-    except OSError as error:  # glanceclient's integrity check
-        checks.append(
-            ApiCheck("api download", False, f"after {received} bytes: {error.strerror or error}")
-        )
+    with translated(f"download image {image_id}"):
+        body = glance.images.data(image_id)
+    if body is None or getattr(body, "wrapped", body) is None:
+        checks.append(ApiCheck("api download", False, "Glance has no data for it (HTTP 204)"))
         return checks
-    except Exception as error:  # a truncated or broken stream (requests' ChunkedEncodingError)
-        if type(error).__module__.startswith(("requests", "urllib3")):
-            checks.append(
-                ApiCheck("api download", False, f"after {received} bytes: {type(error).__name__}")
-            )
-            return checks
-        raise
-    checks.append(
-        ApiCheck(
-            "api download", True, f"{received} bytes, glanceclient integrity check passed ({algo})"
-        )
-    )
+    # Iterate outside `translated`: a failure mid-stream is a failed check, not an abort.
+    try:
+        for chunk in body:
+            digest.update(chunk)
+            received += len(chunk)
+    except Exception as error:
+        checks.append(ApiCheck("api download", False, f"after {received} bytes: {_why(error)}"))
+        return checks
+    detail = f"{received} bytes, glanceclient integrity check passed ({algo})"
+    checks.append(ApiCheck("api download", True, detail))
     return checks
+
+
+def _why(error: Exception) -> str:
+    """A failed download, in words: glanceclient's integrity check, or a stream cut short."""
+    if type(error).__module__.startswith(("requests", "urllib3")):
+        # requests' ChunkedEncodingError is an OSError too: test for it first.
+        return f"{type(error).__name__}: the stream ended before the size Glance announced"
+    if isinstance(error, OSError):
+        return error.strerror or str(error)  # "Corrupt image download. Hash was ... expected ..."
+    raise error
 
 
 def upload(glance: Any, image_id: str, data: BinaryIO, size: int) -> None:

@@ -1,0 +1,406 @@
+"""The real Glance 33 API serves what ``recover image`` brings back (tests/glance_api.py).
+
+Images are created, uploaded, tagged and deleted through the API, so the rows
+``recover`` reads are exactly the ones Glance writes. After ``recover image``
+the same API must show, list and serve the image, and python-glanceclient's
+verified download (sha512 against ``os_hash_value``, checked at the end of the
+stream) must pass, as Nova's download does. ``ga_glance`` persists for the
+session: each test makes its own images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import requests
+from click.testing import CliRunner, Result
+from glanceclient import exc as glance_exc
+
+from recover.cli import cli
+from recover.config import ENV_VARS
+from recover.inventory import base_file_name
+from tests.glance_api import GlanceApi, create_and_delete, create_image
+from tests.helpers import require_binary
+
+if TYPE_CHECKING:
+    from glanceclient.v2.client import Client
+
+    from tests.sshd import SshdServer
+
+pytestmark = pytest.mark.slow
+
+PROPS = {"hw_disk_bus": "virtio", "os_distro": "cirros", "image_type": "snapshot"}
+TAG = "ga-tag"  # create_image's default
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only the flags count: no RECOVER_* from the developer's shell; journals in tmp.
+    for var in ENV_VARS.values():
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("RECOVER_STATE_DIR", str(tmp_path / "state"))
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def sha512(data: bytes) -> str:
+    return hashlib.sha512(data).hexdigest()
+
+
+def make_raw(path: Path, seed: int, size: int = 8 << 20) -> Path:
+    """A sparse raw disk of ``size`` bytes with non-zero data at a few offsets."""
+    rng = random.Random(seed)
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+        for offset in (0, 1 << 20, 5 << 20 | 4096):
+            handle.seek(offset)
+            handle.write(rng.randbytes(64 << 10))
+    return path
+
+
+def to_qcow2(raw: Path, qcow2: Path) -> Path:
+    """``qemu-img convert -f raw -O qcow2`` (deterministic: same input, same bytes)."""
+    qemu_img = require_binary("qemu-img")
+    subprocess.run(
+        [qemu_img, "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)], check=True
+    )
+    return qcow2
+
+
+def recover(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args))
+
+
+def db_args(api: GlanceApi) -> list[str]:
+    return ["--glance-db", api.db_url, "--store-dir", str(api.store_dir)]
+
+
+def image_row(api: GlanceApi, image_id: str) -> dict[str, Any]:
+    (row,) = api.query("SELECT * FROM images WHERE id = %s", (image_id,))
+    return row
+
+
+def child_rows(api: GlanceApi, table: str, image_id: str) -> list[dict[str, Any]]:
+    return api.query(f"SELECT * FROM {table} WHERE image_id = %s ORDER BY id", (image_id,))
+
+
+def download(client: Client, image_id: str) -> bytes:
+    """glanceclient's verified download, iterated to the end (where it checks the hash)."""
+    body = client.images.data(image_id)
+    # On HTTP 204 (no usable location) glanceclient returns RequestIdProxy(None).
+    assert body is not None and body.wrapped is not None, f"{image_id}: HTTP 204, no data"
+    return b"".join(body)
+
+
+def assert_served(api: GlanceApi, image_id: str, expected: bytes) -> dict[str, Any]:
+    """The API shows, lists and serves ``image_id``; its bytes are ``expected``; return show."""
+    client = api.client()
+    row = image_row(api, image_id)
+    data = download(client, image_id)
+    assert sha512(data) == row["os_hash_value"] == sha512(expected)
+    assert (hashlib.md5(data).hexdigest(), len(data)) == (row["checksum"], row["size"])
+    show = dict(client.images.get(image_id))
+    assert (show["status"], show["os_hash_algo"], show["os_hash_value"]) == (
+        "active", "sha512", row["os_hash_value"],
+    )  # fmt: skip
+    assert (show["checksum"], show["size"]) == (row["checksum"], row["size"])
+    assert image_id in {image["id"] for image in client.images.list()}
+    # recover's own checks (row vs file, then the same download through the API) agree.
+    report = verify(api, image_id)
+    assert report["ok"] is True, report
+    assert [c["check"] for c in report["checks"] if c["check"].startswith("api ")] == [
+        "api status", "api checksum", "api os_hash_value", "api size", "api download",
+    ]  # fmt: skip
+    return show
+
+
+def verify(api: GlanceApi, image_id: str) -> dict[str, Any]:
+    """``recover verify --format json`` with the database, the store and the API endpoint."""
+    result = recover(
+        *db_args(api), "--glance-endpoint", api.endpoint, "verify", image_id, "--format", "json"
+    )
+    assert result.exit_code in (0, 1), (result.stdout, result.stderr, result.exception)
+    assert result.stdout, f"no report, only: {result.stderr}"
+    report: dict[str, Any] = json.loads(result.stdout)
+    assert report["ok"] is (result.exit_code == 0)
+    return report
+
+
+def failed_checks(report: dict[str, Any]) -> dict[str, str]:
+    return {c["check"]: c["detail"] for c in report["checks"] if not c["ok"]}
+
+
+# --- 1. what an API delete leaves behind (real-glance.md §3) -------------------------------------
+
+
+def test_api_delete_soft_deletes_every_row_and_removes_the_file(
+    glance_api: GlanceApi, tmp_path: Path
+) -> None:
+    client = glance_api.client()
+    data = to_qcow2(make_raw(tmp_path / "d.raw", 1), tmp_path / "d.qcow2").read_bytes()
+    image_id = create_image(client, data, "qcow2", **PROPS)
+    before = image_row(glance_api, image_id)
+    locations = child_rows(glance_api, "image_locations", image_id)
+    placed = glance_api.store_dir / image_id
+    assert placed.read_bytes() == data
+    assert (before["status"], before["deleted"], before["os_hash_value"]) == (
+        "active", 0, sha512(data),
+    )  # fmt: skip
+    assert [(r["value"], r["meta_data"], r["status"], r["deleted"]) for r in locations] == [
+        (f"file://{placed}", "{}", "active", 0)
+    ]
+
+    client.images.delete(image_id)
+
+    after = image_row(glance_api, image_id)
+    stamp = after["deleted_at"]
+    assert stamp is not None
+    assert (after["status"], after["deleted"], after["updated_at"]) == ("deleted", 1, stamp)
+    # Every other column, the integrity ones included, is kept (updated_at has whole
+    # seconds: it may equal the upload's).
+    changed = {k for k in before if before[k] != after[k]}
+    assert changed - {"updated_at"} == {"status", "deleted", "deleted_at"}
+    assert [
+        (r["value"], r["meta_data"], r["status"], r["deleted"], r["deleted_at"])
+        for r in child_rows(glance_api, "image_locations", image_id)
+    ] == [(f"file://{placed}", "{}", "deleted", 1, stamp)]
+    props = child_rows(glance_api, "image_properties", image_id)
+    assert sorted((r["name"], r["value"], r["deleted"], r["deleted_at"]) for r in props) == sorted(
+        (name, value, 1, stamp) for name, value in PROPS.items()
+    )
+    tags = child_rows(glance_api, "image_tags", image_id)
+    assert [(r["value"], r["deleted"], r["deleted_at"]) for r in tags] == [(TAG, 1, stamp)]
+    assert not placed.exists()
+    with pytest.raises(glance_exc.HTTPNotFound):
+        client.images.get(image_id)
+    assert image_id not in {image["id"] for image in client.images.list()}
+
+
+# --- 2. every recovery path ends with the API serving the image -------------------------------
+
+
+def test_qcow2_row_from_the_raw_base_file(glance_api: GlanceApi, tmp_path: Path) -> None:
+    raw = make_raw(tmp_path / "guest.raw", 2)  # what nova's _base holds
+    original = to_qcow2(raw, tmp_path / "guest.qcow2").read_bytes()
+    image_id = create_and_delete(glance_api.client(), original, "qcow2", **PROPS)
+
+    # With --glance-endpoint, recover downloads it through the API itself (--verify).
+    result = recover(
+        *db_args(glance_api), "--glance-endpoint", glance_api.endpoint,
+        "image", image_id, "--base-file", str(raw), "--yes", "--format", "json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["status"] == "applied"
+    assert [(c["check"], c["ok"]) for c in report["verify"]][-1] == ("api download", True)
+    assert all(c["ok"] for c in report["verify"]), report["verify"]
+
+    # qemu-img convert is deterministic: the rebuilt qcow2 is the upload, byte for byte.
+    show = assert_served(glance_api, image_id, original)
+    assert (show["disk_format"], show["container_format"]) == ("qcow2", "bare")
+
+
+def test_raw_row_from_the_base_file_via_glance_conf(glance_api: GlanceApi, tmp_path: Path) -> None:
+    raw = make_raw(tmp_path / "guest.raw", 3)
+    image_id = create_and_delete(glance_api.client(), raw.read_bytes(), "raw", **PROPS)
+
+    # Database and store dir both read from the server's own glance-api.conf.
+    result = recover(
+        "--glance-conf", str(glance_api.conf_path),
+        "image", image_id, "--base-file", str(raw), "--yes",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stdout + result.stderr
+
+    assert assert_served(glance_api, image_id, raw.read_bytes())["disk_format"] == "raw"
+
+
+def test_pending_delete_file_still_in_store(
+    glance_api: GlanceApi, glance_api_delayed: GlanceApi, tmp_path: Path
+) -> None:
+    data = to_qcow2(make_raw(tmp_path / "d.raw", 4), tmp_path / "d.qcow2").read_bytes()
+    image_id = create_image(glance_api.client(), data, "qcow2", **PROPS)
+    glance_api_delayed.client().images.delete(image_id)  # delayed_delete = true, no scrubber
+    row = image_row(glance_api, image_id)
+    assert (row["status"], row["deleted"]) == ("pending_delete", 1)
+    assert [
+        (r["status"], r["deleted"]) for r in child_rows(glance_api, "image_locations", image_id)
+    ] == [("pending_delete", 1)]
+    placed = glance_api.store_dir / image_id
+    inode, mtime = placed.stat().st_ino, placed.stat().st_mtime_ns
+
+    result = recover(*db_args(glance_api), "image", image_id, "--yes")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "the store still holds" in result.stdout
+
+    assert (placed.stat().st_ino, placed.stat().st_mtime_ns) == (inode, mtime)  # untouched
+    assert_served(glance_api, image_id, data)
+    assert_served(glance_api_delayed, image_id, data)
+
+
+def test_qcow2_row_from_the_compute_node_over_ssh(
+    glance_api: GlanceApi, ssh_env: SshdServer, tmp_path: Path
+) -> None:
+    instances = tmp_path / "instances"
+    raw = make_raw(tmp_path / "guest.raw", 5)
+    original = to_qcow2(raw, tmp_path / "guest.qcow2").read_bytes()
+    image_id = create_and_delete(glance_api.client(), original, "qcow2", **PROPS)
+    (instances / "_base").mkdir(parents=True)
+    raw.rename(instances / "_base" / base_file_name(image_id))
+
+    result = recover(
+        *db_args(glance_api), "image", image_id, "--from-host", "compute-12",
+        "--instances-path", str(instances), "--yes",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "on compute-12 (ssh) (raw -> qcow2)" in result.stdout
+
+    assert_served(glance_api, image_id, original)
+
+
+def test_qcow2_row_uploaded_through_the_api(glance_api: GlanceApi, tmp_path: Path) -> None:
+    raw = make_raw(tmp_path / "guest.raw", 9)
+    original = to_qcow2(raw, tmp_path / "guest.qcow2").read_bytes()
+    image_id = create_and_delete(glance_api.client(), original, "qcow2", **PROPS)
+    (old_location,) = child_rows(glance_api, "image_locations", image_id)
+
+    result = recover(
+        *db_args(glance_api), "--glance-endpoint", glance_api.endpoint,
+        "image", image_id, "--base-file", str(raw), "--via-api", "--yes", "--format", "json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["uploaded"] == {"md5": hashlib.md5(original).hexdigest(), "size": len(original)}
+    assert all(c["ok"] for c in report["verify"]), report["verify"]
+
+    assert_served(glance_api, image_id, original)
+    # Glance wrote the file and a location row of its own; the deleted one stays (real-glance.md Q1).
+    locations = child_rows(glance_api, "image_locations", image_id)
+    assert [(r["id"], r["status"], r["deleted"]) for r in locations] == [
+        (old_location["id"], "deleted", 1),
+        (locations[-1]["id"], "active", 0),
+    ]
+    assert locations[-1]["value"] == f"file://{glance_api.store_dir / image_id}"
+
+
+# --- 3. a wrong row is caught by glanceclient's check ----------------------------------------------
+
+
+@pytest.mark.parametrize("column", ["os_hash_value", "size"])
+def test_wrong_row_fails_the_verified_download(
+    glance_api: GlanceApi, tmp_path: Path, column: str
+) -> None:
+    raw = make_raw(tmp_path / "guest.raw", 6)
+    data = raw.read_bytes()
+    image_id = create_and_delete(glance_api.client(), data, "raw")
+    result = recover(*db_args(glance_api), "image", image_id, "--base-file", str(raw), "--yes")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert_served(glance_api, image_id, data)
+
+    if column == "os_hash_value":
+        wrong = sha512(b"not the image")
+        glance_api.query("UPDATE images SET os_hash_value = %s WHERE id = %s", (wrong, image_id))
+        expected = f"Corrupt image download. Hash was {sha512(data)} expected {wrong}"
+    else:
+        # Glance sends images.size bytes (Content-Length) of the longer file.
+        glance_api.query("UPDATE images SET size = size - 4096 WHERE id = %s", (image_id,))
+        expected = (
+            f"Corrupt image download. Hash was {sha512(data[:-4096])} expected {sha512(data)}"
+        )
+    with pytest.raises(OSError) as caught:
+        download(glance_api.client(), image_id)
+    assert type(caught.value) is BrokenPipeError  # IOError(errno.EPIPE, ...)
+    assert caught.value.strerror == expected
+    # recover verify sees it both in the row and through the API download.
+    failed = failed_checks(verify(glance_api, image_id))
+    received = len(data) - 4096 if column == "size" else len(data)
+    assert failed["api download"] == f"after {received} bytes: {expected}"
+    assert {"sha512" if column == "os_hash_value" else "size", "api download"} <= set(failed)
+
+
+def size_too_large(api: GlanceApi, tmp_path: Path, seed: int) -> tuple[str, int]:
+    """A recovered raw image whose row then says 4096 bytes more than the file: (id, file size)."""
+    raw = make_raw(tmp_path / "guest.raw", seed)
+    image_id = create_and_delete(api.client(), raw.read_bytes(), "raw")
+    result = recover(*db_args(api), "image", image_id, "--base-file", str(raw), "--yes")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    api.query("UPDATE images SET size = size + 4096 WHERE id = %s", (image_id,))
+    return image_id, raw.stat().st_size
+
+
+def test_size_larger_than_the_file_breaks_the_connection(
+    glance_api: GlanceApi, tmp_path: Path
+) -> None:
+    image_id, size = size_too_large(glance_api, tmp_path, 7)
+    # Glance announces Content-Length = images.size, then ends the body early; the
+    # client sees the connection close after gunicorn's keep-alive (2 s).
+    with pytest.raises(requests.exceptions.ChunkedEncodingError) as caught:
+        download(glance_api.client(), image_id)
+    assert f"IncompleteRead({size} bytes read, 4096 more expected)" in str(caught.value)
+
+
+def test_verify_reports_a_truncated_download_as_a_failed_check(
+    glance_api: GlanceApi, tmp_path: Path
+) -> None:
+    image_id, size = size_too_large(glance_api, tmp_path, 10)
+    failed = failed_checks(verify(glance_api, image_id))
+    assert failed["api download"] == (
+        f"after {size} bytes: ChunkedEncodingError: the stream ended before the size Glance announced"
+    )
+    assert failed["size"] == f"row {size + 4096}, file {size}"
+
+
+# --- 4. the recovered image is the image it was (real-glance.md R1) -------------------------------
+
+
+def test_recovered_image_shows_as_before_and_deletes_again(
+    glance_api: GlanceApi, tmp_path: Path
+) -> None:
+    client = glance_api.client()
+    raw = make_raw(tmp_path / "guest.raw", 8)
+    original = to_qcow2(raw, tmp_path / "guest.qcow2").read_bytes()
+    image_id = create_image(client, original, "qcow2", name="ga-r1", **PROPS)
+    before = dict(client.images.get(image_id))
+    client.images.delete(image_id)
+
+    result = recover(*db_args(glance_api), "image", image_id, "--base-file", str(raw), "--yes")
+    assert result.exit_code == 0, result.stdout + result.stderr
+
+    after = assert_served(glance_api, image_id, original)
+    assert (after["visibility"], after["owner"]) == (before["visibility"], before["owner"])
+    assert (after["tags"], {k: after.get(k) for k in PROPS}) == ([TAG], PROPS)
+    assert {k for k in before if before[k] != after.get(k)} <= {"updated_at"}
+    assert set(after) == set(before)
+    listed = {image["id"]: dict(image) for image in client.images.list(filters={"tag": [TAG]})}
+    assert listed[image_id]["tags"] == [TAG]
+    assert {k: listed[image_id].get(k) for k in PROPS} == PROPS
+
+    client.images.delete(image_id)  # the state recover left is one Glance can delete again
+    with pytest.raises(glance_exc.HTTPNotFound):
+        client.images.get(image_id)
+    assert not (glance_api.store_dir / image_id).exists()
+    row = image_row(glance_api, image_id)
+    assert (row["status"], row["deleted"]) == ("deleted", 1)
+    for table in ("image_locations", "image_properties", "image_tags"):
+        rows = child_rows(glance_api, table, image_id)
+        assert rows and {(r["deleted"], r["deleted_at"]) for r in rows} == {
+            (1, row["deleted_at"])
+        }, table
+
+
+def test_fixture_describes_itself(glance_api: GlanceApi) -> None:
+    conf = glance_api.conf_path.read_text()
+    assert f"filesystem_store_datadir = {glance_api.store_dir}" in conf
+    assert f"connection = {glance_api.db_url}" in conf
+    assert "delayed_delete = false" in conf
+    assert glance_api.endpoint == f"http://127.0.0.1:{glance_api.port}"
+    assert glance_api.db_url.endswith(f"/{glance_api.db_name}?charset=utf8")
+    # No token at all: the unauthenticated-context pipeline plus the policy override.
+    assert isinstance(list(glance_api.client().images.list()), list)
+    assert "Listening at: " + glance_api.endpoint in glance_api.log_tail(200)
