@@ -405,3 +405,21 @@ def test_concurrent_runs_on_one_image_exactly_one_wins(make_db: MakeDb, tmp_path
         json.loads(p.read_text())["status"] for p in (tmp_path / "race" / "journal").glob("*.json")
     ]
     assert journals.count("committed") == 1
+
+
+def test_multistore_glance_gets_the_store_id_in_the_location(
+    make_db: MakeDb, tmp_path: Path
+) -> None:
+    """With enabled_backends, glance_store writes {"store": "<backend>"} into meta_data."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    conf = tmp_path / "glance-api.conf"
+    conf.write_text(
+        f"[DEFAULT]\nenabled_backends = fast:file, ceph:rbd\n[glance_store]\ndefault_backend = fast\n"
+        f"[fast]\nfilesystem_store_datadir = {scenario.store}\n[database]\nconnection = {scenario.glance_url}\n"
+    )
+    result = run(
+        ["--glance-conf", str(conf), "image", SNAPSHOT, "--base-file", str(scenario.base), "--yes"]
+    )
+    assert result.exit_code == 0, result.stderr
+    locations = scenario.children()["image_locations"]
+    assert locations == [(f"file://{scenario.store}/{SNAPSHOT}", "active", 0, '{"store": "fast"}')]

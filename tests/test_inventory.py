@@ -452,3 +452,18 @@ def test_inventory_changes_nothing(modern: Cloud, mariadb_server: Any) -> None:
     before = {n: mariadb_server.checksum(n) for n in names}
     assert run(modern.args("inventory")).exit_code == 0
     assert {n: mariadb_server.checksum(n) for n in names} == before
+
+
+def test_templated_cell_mapping_urls_are_filled_from_the_api_url(modern: Cloud) -> None:
+    """Since Rocky a cell mapping may say mysql+pymysql://{username}:{password}@{hostname}/..."""
+    api = open_database(str(modern.api_url), "api")
+    with api.engine.begin() as conn:
+        conn.execute(text("DELETE FROM cell_mappings"))
+        port = api.url.port
+        for name in ("cell1", "cell2"):
+            template = f"mysql+pymysql://{{username}}@{{hostname}}:{port}/m_{name}?charset=utf8"
+            clouds.map_cell(conn, api, f"{name}-uuid", name, template)
+    api.dispose()
+    data = inventory_json(modern)
+    assert [c["name"] for c in data["cells"]] == ["cell1", "cell2"]
+    assert data["flavors"][0]["instances"] == [clouds.VM_GONE_FLAVOR, clouds.VM_GONE_FLAVOR_2]
