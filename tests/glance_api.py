@@ -19,7 +19,6 @@ row the tests read is one Glance itself wrote.
 
 from __future__ import annotations
 
-import fcntl
 import io
 import os
 import shutil
@@ -29,16 +28,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pymysql
-import pytest
 from port_for import get_port
 
-from tests.helpers import REPO_ROOT, in_ci
+from tests.helpers import REPO_ROOT, cached_venv
 
 if TYPE_CHECKING:
     from glanceclient.v2.client import Client
@@ -49,65 +46,10 @@ GLANCE_REQUIREMENTS = ("glance==33.*", "gunicorn", "pymysql")
 """What the venv holds (real-glance.md measured glance 33.0.0, gunicorn 27.0.1)."""
 VENV_ENV = "RECOVER_GLANCE_VENV"
 DEFAULT_VENV = REPO_ROOT / ".cache" / "glance-venv"
-PIP_TIMEOUT = 900
 START_TIMEOUT = 60.0
 """Seconds for gunicorn to answer 200 on ``GET /v2/images`` (measured: 1.2-1.4 s)."""
 
 GUNICORN_OPTIONS = ("-w", "1", "-k", "gthread", "--threads", "8", "--timeout", "300")
-
-
-def give_up(message: str) -> None:
-    """Skip the test locally; fail it under ``CI=true`` (a broken CI machine)."""
-    if in_ci():
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
-def cached_venv(
-    venv: Path,
-    requirements: Sequence[str],
-    works: Callable[[Path], bool],
-    *,
-    timeout: float = PIP_TIMEOUT,
-) -> tuple[Path, float | None]:
-    """``(venv, seconds)``: a venv holding ``requirements``, built on first use and kept.
-
-    ``works(python)`` says whether an existing venv is usable as is (then
-    ``seconds`` is None). Otherwise the folder is removed and rebuilt (``python -m
-    venv`` + ``pip install``). A lock file next to the venv serialises concurrent
-    sessions. When pip fails (no index reachable), :func:`give_up`. The same
-    pattern as ``nova_python`` in tests/test_nova_accepts.py, with the package
-    list and the probe as parameters.
-    """
-    python = venv / "bin" / "python"
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    with open(venv.parent / f".{venv.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if works(python):
-            return venv, None
-        shutil.rmtree(venv, ignore_errors=True)  # half-built by an interrupted run
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        try:
-            pip = subprocess.run(
-                [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q",
-                 *requirements],
-                capture_output=True, text=True, timeout=timeout, check=False,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired:
-            shutil.rmtree(venv, ignore_errors=True)
-            give_up(f"pip install {' '.join(requirements)} took over {timeout} s")
-            raise  # not reached: give_up raises
-        if pip.returncode != 0 or not works(python):
-            shutil.rmtree(venv, ignore_errors=True)
-            tail = "\n".join((pip.stdout + pip.stderr).splitlines()[-15:])
-            give_up(
-                f"cannot install {' '.join(requirements)} into {venv} "
-                f"(exit {pip.returncode}; is PyPI reachable?):\n{tail}"
-            )
-        seconds = time.perf_counter() - started
-        sys.stderr.write(f"\nvenv {venv} created in {seconds:.1f} s\n")
-        return venv, seconds
 
 
 def _glance_works(python: Path) -> bool:

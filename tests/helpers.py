@@ -7,8 +7,13 @@ a package.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +106,61 @@ def dump_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
             return result
     finally:
         engine.dispose()
+
+
+PIP_TIMEOUT = 900
+"""Seconds one ``pip install`` of a test tier's venv may take."""
+
+
+def give_up(message: str) -> None:
+    """Skip the test locally; fail it under ``CI=true`` (a broken CI machine)."""
+    if in_ci():
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def cached_venv(
+    venv: Path,
+    requirements: Sequence[str],
+    works: Callable[[Path], bool],
+    *,
+    timeout: float = PIP_TIMEOUT,
+) -> tuple[Path, float | None]:
+    """``(venv, seconds)``: a venv holding ``requirements``, built on first use and kept.
+
+    ``works(python)`` says whether an existing venv is usable as is (then
+    ``seconds`` is None). Otherwise the folder is removed and rebuilt (``python -m
+    venv`` + ``pip install``). A lock file next to the venv serialises concurrent
+    sessions. When pip fails (no index reachable), :func:`give_up`. The same
+    pattern as ``nova_python`` in tests/test_nova_accepts.py, with the package
+    list and the probe as parameters.
+    """
+    python = venv / "bin" / "python"
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / f".{venv.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if works(python):
+            return venv, None
+        shutil.rmtree(venv, ignore_errors=True)  # half-built by an interrupted run
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        try:
+            pip = subprocess.run(
+                [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q",
+                 *requirements],
+                capture_output=True, text=True, timeout=timeout, check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            shutil.rmtree(venv, ignore_errors=True)
+            give_up(f"pip install {' '.join(requirements)} took over {timeout} s")
+            raise  # not reached: give_up raises
+        if pip.returncode != 0 or not works(python):
+            shutil.rmtree(venv, ignore_errors=True)
+            tail = "\n".join((pip.stdout + pip.stderr).splitlines()[-15:])
+            give_up(
+                f"cannot install {' '.join(requirements)} into {venv} "
+                f"(exit {pip.returncode}; is PyPI reachable?):\n{tail}"
+            )
+        seconds = time.perf_counter() - started
+        sys.stderr.write(f"\nvenv {venv} created in {seconds:.1f} s\n")
+        return venv, seconds

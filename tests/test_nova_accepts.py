@@ -14,10 +14,8 @@ databases are ``make_db``'s empty copies of what nova 34's ``db sync`` creates.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -30,7 +28,7 @@ from click.testing import CliRunner
 
 from recover.cli import cli
 from recover.config import ENV_VARS
-from tests.helpers import REPO_ROOT, in_ci
+from tests.helpers import REPO_ROOT, cached_venv
 
 if TYPE_CHECKING:
     from tests.conftest import DatabaseFactory, MariaDBServer
@@ -44,7 +42,6 @@ NOVA_API_SCHEMA = "nova_api-cdeec0c85668"
 NOVA_CELL_SCHEMA = "nova-ab450ba04102"
 VENV_ENV = "RECOVER_NOVA_VENV"
 DEFAULT_VENV = REPO_ROOT / ".cache" / "nova-venv"
-PIP_TIMEOUT = 900
 
 CELL1_UUID = "8a1b7c3e-2f4d-4e6a-9b5c-1d2e3f4a5b6c"
 P_ALPHA, P_BETA, P_GAMMA = "p-alpha", "p-beta", "p-gamma"
@@ -128,49 +125,15 @@ def _nova_works(python: Path) -> bool:
     return probe.returncode == 0
 
 
-def _give_up(message: str) -> None:
-    if in_ci():
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def nova_python() -> str:
     """Python of a venv with nova 34 + pymysql: ``$RECOVER_NOVA_VENV``, else ``.cache/nova-venv``.
 
-    Created on first use (``python -m venv`` + ``pip install``, 30-60 s) and kept
-    for later runs; reused as is when nova imports from it. A lock file next to
-    it serialises concurrent sessions. When pip fails (no index reachable), the
-    tests are skipped locally and fail under ``CI=true``.
+    Created on first use (30-60 s) and kept; skipped locally and failed under
+    ``CI=true`` when pip cannot install it (``tests.helpers.cached_venv``).
     """
     venv = Path(os.environ.get(VENV_ENV) or DEFAULT_VENV)
-    python = venv / "bin" / "python"
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    with open(venv.parent / f".{venv.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _nova_works(python):
-            return str(python)
-        shutil.rmtree(venv, ignore_errors=True)  # half-built by an interrupted run
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        try:
-            pip = subprocess.run(
-                [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q",
-                 *NOVA_REQUIREMENTS],
-                capture_output=True, text=True, timeout=PIP_TIMEOUT, check=False,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired:
-            shutil.rmtree(venv, ignore_errors=True)
-            _give_up(f"pip install {' '.join(NOVA_REQUIREMENTS)} took over {PIP_TIMEOUT} s")
-        if pip.returncode != 0 or not _nova_works(python):
-            shutil.rmtree(venv, ignore_errors=True)
-            tail = "\n".join((pip.stdout + pip.stderr).splitlines()[-15:])
-            _give_up(
-                f"cannot install {' '.join(NOVA_REQUIREMENTS)} into {venv} "
-                f"(exit {pip.returncode}; is PyPI reachable?):\n{tail}"
-            )
-        sys.stderr.write(f"\nnova venv {venv} created in {time.perf_counter() - started:.1f} s\n")
-        return str(python)
+    return str(cached_venv(venv, NOVA_REQUIREMENTS, _nova_works)[0] / "bin" / "python")
 
 
 def nova(python: str, command: str, api: str, cell: str, *args: str) -> dict[str, Any]:
