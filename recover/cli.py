@@ -434,16 +434,39 @@ def undo(app: AppContext, journal_file: Path, dry_run: bool, yes: bool, fmt: str
         ~/.local/state/recover/journal/20261124T020000000000Z-flavor-7.json --yes
     """
     plan = plan_undo(app.settings, journal_file)
+    store_dir = app.settings.store_dir.value
     try:
+        if not plan.changes:
+            _clean_up_after_interrupted_run(plan, journal_file, store_dir, dry_run)
+            return
         outcome = execute(plan, dry_run=dry_run, yes=yes, command=_command_line(),
                           confirm=_confirm_on_terminal())  # fmt: skip
         if outcome.status == "applied":
-            for problem in remove_created_files(plan):
+            removed, problems = remove_created_files(plan, store_dir)
+            for problem in problems:
                 warn(problem)
+            outcome.extra["removed_files"] = removed
             mark_undone(journal_file, outcome.journal)
     finally:
         plan.db.dispose()
     _report(outcome, fmt)
+
+
+def _clean_up_after_interrupted_run(
+    plan: Plan, journal_file: Path, store_dir: str, dry_run: bool
+) -> None:
+    """The journaled run never committed: its rows are untouched; remove a file it placed."""
+    click.echo(f"Nothing to undo in the database: {journal_file} never committed.")
+    if dry_run:
+        for entry in plan.files:
+            click.echo(f"Would remove {entry.get('path')} if it is still the file that run placed.")
+        return
+    removed, problems = remove_created_files(plan, store_dir)
+    for problem in problems:
+        warn(problem)
+    for path in removed:
+        click.echo(f"Removed {path}, which the interrupted run had placed.")
+    mark_undone(journal_file, None, status="rolled-back")
 
 
 @cli.command("rbd-features")

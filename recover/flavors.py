@@ -23,7 +23,7 @@ from recover.db.cloud import NovaCloud, open_nova
 from recover.errors import NotFoundError, RefusedError
 from recover.inventory import flavor_store
 from recover.nova import CellReader, FlavorBlobError, FlavorDef, parse_flavor_blob
-from recover.plan import Plan, Row, RowChange
+from recover.plan import ConcurrentChangeError, Plan, Row, RowChange
 
 #: Mitaka's flavor_destroy soft-deletes the children right after the flavor, in
 #: one transaction, so they share its deleted_at give or take the clock tick.
@@ -52,6 +52,15 @@ class Candidate:
         return f"id {self.id} (flavorid {self.flavorid!r}, name {self.name!r}, from {where})"
 
 
+def _utf8(token: str) -> bool:
+    """False for arguments that were not UTF-8 (Python keeps them as lone surrogates)."""
+    try:
+        token.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_token(token: str) -> tuple[str | None, str]:
     """``id:7`` / ``flavorid:7`` / ``name:m1.small`` pin the kind; plain text matches any."""
     kind, sep, rest = token.partition(":")
@@ -60,10 +69,15 @@ def parse_token(token: str) -> tuple[str | None, str]:
     return None, token
 
 
+def _is_id(token: str) -> bool:
+    # str.isdigit() also accepts "²" and "١", which int() rejects or reads as 1.
+    return token.isascii() and token.isdigit()
+
+
 def _matches(
     token: str, kind: str | None, cid: int, flavorid: str | None, name: str | None
 ) -> bool:
-    if kind in (None, "id") and token.isdigit() and int(token) == cid:
+    if kind in (None, "id") and _is_id(token) and int(token) == cid:
         return True
     if kind in (None, "flavorid") and flavorid == token:
         return True
@@ -97,7 +111,7 @@ class FlavorFinder:
         self.warnings: list[str] = []
 
     def find(self, token: str) -> Candidate:
-        if not token or "\x00" in token or len(token) > 255:
+        if not token or "\x00" in token or len(token) > 255 or not _utf8(token):
             raise NotFoundError(f"{token[:40]!r} is not a flavor id, flavorid or name")
         kind, value = parse_token(token)
         candidates = (
@@ -137,7 +151,7 @@ class FlavorFinder:
                         continue
                     t = cell.db.table(table_name)
                     clauses = [t.c.flavorid == value, t.c.name == value]
-                    if value.isdigit():
+                    if _is_id(value):
                         clauses.append(t.c.id == int(value))
                     query = select(t).where(t.c.deleted != 0, or_(*clauses))
                     rows += [(table_name, dict(r)) for r in conn.execute(query).mappings()]
@@ -277,6 +291,11 @@ def legacy_plan(candidate: Candidate) -> Plan:
             )
         }
     for clash in clashes:
+        if clash.id == row["id"]:
+            raise ConcurrentChangeError(
+                f"flavor id {row['id']} was recovered meanwhile, by another run",
+                hint="nothing was changed by this one",
+            )
         what = "name" if clash.name == row["name"] else "flavorid"
         raise RefusedError(
             f"a live flavor already has {what} {row[what]!r} (id {clash.id})",
@@ -373,6 +392,13 @@ def modern_plan(nova: NovaCloud, candidate: Candidate, from_instance: str | None
             )
         ).first()
         next_spec, next_project = _next_id(conn, specs), _next_id(conn, projects)
+    if clash is not None and (clash.id, clash.name, clash.flavorid) == (
+        definition.id, definition.name, definition.flavorid,
+    ):  # fmt: skip
+        raise ConcurrentChangeError(
+            f"flavor id {definition.id} was recovered meanwhile, by another run",
+            hint="nothing was changed by this one",
+        )
     if clash is not None:
         what = (
             "id"

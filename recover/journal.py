@@ -123,7 +123,36 @@ def read(path: Path) -> dict[str, Any]:
         raise RecoverError(f"journal {path} is not readable JSON: {exc}") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise RecoverError(f"{path} is not a recover journal (no format {FORMAT!r})")
+    problem = _shape_problem(document)
+    if problem:
+        raise RecoverError(f"journal {path} is damaged: {problem}", hint="nothing was changed")
     return document
+
+
+def _shape_problem(document: dict[str, Any]) -> str | None:
+    """What is wrong with a journal's structure, or None (it may have been edited by hand)."""
+    database = document.get("database")
+    if not isinstance(database, dict) or not isinstance(database.get("target"), str):
+        return "no database.target"
+    if not isinstance(document.get("title"), str):
+        return "no title"
+    changes = document.get("changes")
+    if not isinstance(changes, list) or not changes:
+        return "no changes"
+    for n, change in enumerate(changes):
+        if not isinstance(change, dict) or not isinstance(change.get("table"), str):
+            return f"change {n} has no table"
+        if not isinstance(change.get("key"), dict) or not change["key"]:
+            return f"change {n} has no key"
+        for side in ("before", "after"):
+            if change.get(side) is not None and not isinstance(change[side], dict):
+                return f"change {n}: {side} is not a row"
+        if change.get("before") is None and change.get("after") is None:
+            return f"change {n} has neither before nor after"
+    files = document.get("files", [])
+    if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
+        return "files is not a list of entries"
+    return None
 
 
 def plan_from(document: dict[str, Any], db: Database, path: Path) -> Plan:

@@ -30,6 +30,7 @@ from sqlalchemy.sql import ClauseElement
 from recover import faults
 from recover.db.engine import Database, describe_db_error
 from recover.errors import RecoverError, RefusedError
+from recover.text import printable
 
 Row = dict[str, Any]
 
@@ -153,14 +154,13 @@ def _literal_dialect(dialect: Dialect) -> Dialect:
 def render_sql(plan: Plan) -> str:
     """The exact SQL ``apply`` runs, with literal values, for the plan's database."""
     dialect = _literal_dialect(plan.db.engine.dialect)
-    lines = [f"-- {plan.title}", f"-- database: {plan.db.label}"]
-    lines += [f"-- {note}" for note in plan.notes]
+    comments = [plan.title, f"database: {plan.db.label}", *plan.notes]
+    lines = [f"-- {printable(c)}" for c in comments]
     lines.append("BEGIN;")
     for change, statement in statements(plan):
         if change.before is not None:
-            lines.append(
-                f"-- {change.table} {_describe_key(change.key)} is now: {_brief(change.before)}"
-            )
+            now = f"{change.table} {_describe_key(change.key)} is now: {_brief(change.before)}"
+            lines.append(f"-- {printable(now)}")
         sql = str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
         lines.append(sql.strip() + ";")
     lines.append("COMMIT;")

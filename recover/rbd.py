@@ -8,6 +8,7 @@ format-2 images, unknown to the old librbd on the compute node.
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass
 
 from recover.errors import RecoverError
@@ -75,7 +76,8 @@ def render(decoded: Decoded, image: str | None = None) -> str:
         lines.append(f"  unknown bits: 0x{decoded.unknown_bits:x}")
     if not decoded.names:
         lines.append("  (none)")
-    target = image or "<pool>/<image>"
+    # Printed for pasting into a shell: quote what the operator typed.
+    target = shlex.quote(image) if image else "<pool>/<image>"
     if decoded.disableable:
         lines += [
             "",

@@ -19,6 +19,7 @@ from recover.inventory import (
     ImageOrphan,
     Inventory,
 )
+from recover.text import printable
 
 WIDTH = 80
 
@@ -146,6 +147,11 @@ def _instances_line(instances: list[AffectedInstance]) -> list[str]:
 
 
 def render_table(inventory: Inventory) -> str:
+    """For people: every value from a database is escaped (no terminal escapes, no forged lines)."""
+    return "\n".join(printable(line) for line in _table_lines(inventory)) + "\n"
+
+
+def _table_lines(inventory: Inventory) -> list[str]:
     lines: list[str] = []
     lines.append(f"Deleted flavors still used by live instances: {len(inventory.flavors)}")
     for f in inventory.flavors:
@@ -189,7 +195,7 @@ def render_table(inventory: Inventory) -> str:
         f"{len(affected)} instance(s) affected"
         + ("; PARTIAL: some cells were not scanned" if inventory.partial else "")
     )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 RENDERERS = {"table": render_table, "json": render_json, "csv": render_csv}

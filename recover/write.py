@@ -16,7 +16,9 @@ from recover.config import Settings
 from recover.db.cloud import open_nova
 from recover.db.engine import Database, open_database
 from recover.errors import ConfigError, RecoverError, RefusedError
+from recover.images.digest import hash_file
 from recover.plan import Plan, apply, lock_and_check, render_sql, verify
+from recover.text import printable
 
 
 @dataclass
@@ -133,6 +135,13 @@ def plan_undo(settings: Settings, path: Path) -> Plan:
     document = journal.read(path)
     if document.get("status") == "undone":
         raise RefusedError(f"journal {path} was already undone")
+    outside = _files_outside_store(document, settings.store_dir.value)
+    if outside:
+        raise RefusedError(
+            f"journal {path} names a file that is not this image's file in the store "
+            f"({printable(outside)})",
+            hint="refusing to undo anything: was the journal edited?",
+        )
     db = _database_for(settings, document["database"]["target"])
     recorded = journal.plan_from(document, db, path)
     inverse = recorded.inverse(f"undo: {recorded.title}")
@@ -140,42 +149,66 @@ def plan_undo(settings: Settings, path: Path) -> Plan:
         "kind": f"undo-{recorded.subject.get('kind', 'plan')}",
         "id": recorded.subject.get("id"),
     }
-    if document.get("status") == "applying":
-        # The run died between writing the journal and committing: maybe nothing happened.
+    if document.get("status") in ("applying", "rolled-back"):
+        # The run died (or failed) before its commit: perhaps nothing happened in the database.
         with db.engine.connect() as conn:
             try:
                 lock_and_check(conn, recorded)
             except RefusedError:
                 pass
             else:
-                raise RefusedError(
-                    f"journal {path} never committed: the rows are still as they were before it"
-                )
+                inverse.changes = []  # only files it may have placed are left to remove
     inverse.notes = [f"reverse {path.name} ({document.get('command', '?')})"]
     return inverse
 
 
-def remove_created_files(plan: Plan) -> list[str]:
-    """After an undo: remove the files the original run created, if they are still its files."""
-    problems = []
+def _is_store_file(path: Path, store: Path, image_id: str) -> bool:
+    return path.parent.resolve() == store and path.name == image_id and not path.is_symlink()
+
+
+def _files_outside_store(document: dict[str, Any], store_dir: str) -> str | None:
+    store = Path(store_dir).resolve()
+    image_id = str(document.get("subject", {}).get("id", ""))
+    for entry in document.get("files", []):
+        target = Path(str(entry.get("path", "")))
+        if entry.get("created") and not _is_store_file(target, store, image_id):
+            return str(target)
+    return None
+
+
+def remove_created_files(plan: Plan, store_dir: str) -> tuple[list[str], list[str]]:
+    """After an undo: remove the image file the original run placed, if it is still that file.
+
+    A journal is a file anyone with access could edit, so only ``<store>/<image id>`` of
+    the configured store is ever removed, and only with the recorded size and md5.
+    Returns (removed, problems).
+    """
+    removed, problems = [], []
+    store = Path(store_dir).resolve()
+    image_id = str(plan.subject.get("id", ""))
     for entry in plan.files:
         if not entry.get("created"):
             continue
-        target = Path(entry["path"])
+        target = Path(str(entry.get("path", "")))
+        if not _is_store_file(target, store, image_id):
+            problems.append(f"{printable(target)} is not {store}/{image_id}; left in place")
+            continue
         try:
-            if target.stat().st_size != entry.get("size"):
-                problems.append(f"{target} changed size since; left in place")
-                continue
-            target.unlink()
+            size = target.stat().st_size
         except FileNotFoundError:
             continue
-        except OSError as exc:
-            problems.append(f"cannot remove {target}: {exc.strerror}")
-    return problems
+        if size != entry.get("size") or (
+            entry.get("md5") and hash_file(str(target)).md5 != entry.get("md5")
+        ):
+            problems.append(f"{target} changed since the recovery; left in place")
+            continue
+        target.unlink()
+        removed.append(str(target))
+    return removed, problems
 
 
-def mark_undone(path: Path, undo_journal: Path | None) -> None:
+def mark_undone(path: Path, undo_journal: Path | None, status: str = "undone") -> None:
     document = journal.read(path)
-    document["status"] = "undone"
+    document["status"] = status
     document["undone_by"] = str(undo_journal) if undo_journal else None
     journal.rewrite(path, document)

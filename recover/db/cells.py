@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from sqlalchemy import select
 from sqlalchemy.engine import URL
@@ -17,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from recover.config import Settings
 from recover.db.engine import Database, describe_db_error, parse_url
 from recover.errors import ConfigError, DatabaseError
+from recover.secrets import mask_url
 
 
 @dataclass(frozen=True)
@@ -41,19 +43,25 @@ def _format_template(template: str, base: URL) -> str:
         return template
     values = {
         "scheme": base.drivername,
-        "username": base.username or "",
-        "password": base.password or "",
+        # Quoted, as nova does: a password with @ / : % must not break the URL.
+        "username": quote(base.username or "", safe=""),
+        "password": quote(str(base.password or ""), safe=""),
         "hostname": base.host or "",
         "port": str(base.port or ""),
         "path": base.database or "",
         "query": "&".join(f"{k}={v}" for k, v in base.query.items()),
         "fragment": "",
     }
-    fields = {name for _, name, _, _ in string.Formatter().parse(template) if name}
-    unknown = sorted(fields - set(values))
-    if unknown:
-        raise DatabaseError(f"cell mapping URL uses unknown template field {{{unknown[0]}}}")
-    return template.format(**values)
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        unknown = sorted(fields - set(values))
+        if unknown:
+            raise DatabaseError(f"cell mapping URL uses unknown template field {{{unknown[0]}}}")
+        return template.format(**values)
+    except (ValueError, IndexError, KeyError) as exc:
+        raise DatabaseError(
+            f"cell mapping URL {mask_url(template)!r} is not a valid template: {exc}"
+        ) from None
 
 
 def _name_from_url(url: str, position: int) -> str:

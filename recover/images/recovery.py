@@ -446,9 +446,9 @@ class ImageRecovery:
             except BaseException:
                 self._undo_queue(plan, outcome.journal, command, store_file_before)
                 raise
+            self.new_digests = new_data.digests
             self._record_upload(plan, outcome.journal, command, store_file_before)
             outcome.extra["uploaded"] = {"md5": new_data.digests.md5, "size": new_data.digests.size}
-            self.new_digests = new_data.digests
             return outcome
         finally:
             staged.discard()
@@ -493,8 +493,9 @@ class ImageRecovery:
             ]
         plan.changes = changes
         if not store_file_before and self.final.is_file():
+            md5 = self.new_digests.md5 if self.new_digests else None
             plan.files = [{"path": str(self.final), "size": self.final.stat().st_size,
-                           "created": True, "by": "glance"}]  # fmt: skip
+                           "md5": md5, "created": True, "by": "glance"}]  # fmt: skip
         journal.write(path, plan, "committed", command)
 
     def _place(self, staged: Staged) -> None:

@@ -339,7 +339,10 @@ class SshTransport:
         return done.returncode == 0 and bool(done.stdout.strip())
 
     def _qemu_img(self, args: list[str], timeout: float) -> bytes:
-        done = self._run([qemu.QEMU_IMG, *args], timeout)
+        # umask 077: the converted temporary file next to _base is never world-readable.
+        done = self._run(
+            ["sh", "-c", 'umask 077 && exec "$@"', "sh", qemu.QEMU_IMG, *args], timeout
+        )
         if done.returncode == COMMAND_NOT_FOUND:
             raise QemuImgError(
                 f"qemu-img is not installed on {self.host}",

@@ -23,6 +23,7 @@ from recover.errors import NotFoundError
 from recover.images import api, qemu
 from recover.images.digest import DEFAULT_ALGO, Digests, hash_file
 from recover.images.recovery import WRITABLE, validate_uuid
+from recover.text import printable
 
 
 @dataclass
@@ -86,7 +87,12 @@ def verify_image(settings: Settings, image_id: str) -> Verification:
         return _with_api(result, settings, None) if use_api else result
     path = _path_of(live[-1]["value"])
     if path is None:
-        result.add("file", False, f"{live[-1]['value']} is not a filesystem location")
+        result.add("file", False, f"{printable(live[-1]['value'])} is not a filesystem location")
+        return result
+    store = Path(settings.store_dir.value).resolve()
+    if path.name != image_id or path.parent.resolve() != store or path.is_symlink():
+        # A location from the database is untrusted: never read a file outside the store.
+        result.add("file", False, f"location {printable(path)} is not {store}/{image_id}")
         return result
     if not path.is_file():
         if use_api:

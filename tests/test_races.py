@@ -1,0 +1,223 @@
+"""Eight ``recover`` processes at once on the same image, flavor or journal.
+
+The eight processes import everything first, then wait at a barrier (a file) and start
+together, so they really overlap: exactly one changes anything, the seven others exit 1 with
+one clear ``Error:`` line, and the final state is checked exactly (rows, store file, journals).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from recover.config import resolve
+from recover.db.cloud import open_nova
+from recover.demo import SNAPSHOT
+from recover.errors import RefusedError
+from recover.flavors import FlavorFinder, legacy_plan, modern_plan
+from tests import clouds
+from tests.test_faults import assert_image_new, base_stat, journals, store_tmp_files
+from tests.test_flavor import API_TABLES, LEGACY_TABLES, SHADOW_TABLES, Legacy, Modern, rows
+from tests.test_flavor import _without_child_ids as without_child_ids
+from tests.test_hostile import OTHER_IMAGE, World, base_env, build_world, run_recover
+
+RUNS = 8
+
+LAUNCHER = """
+import os, sys, time
+import recover.cli, recover.flavors, recover.images.recovery, recover.write, recover.inventory
+ready, go = sys.argv[1], sys.argv[2]
+open(ready, "w").close()
+while not os.path.exists(go):
+    time.sleep(0.001)
+sys.argv = ["recover", *sys.argv[3:]]
+recover.cli.main()
+"""
+
+
+def race(argv: list[str], env: dict[str, str], directory: Path) -> list[tuple[int, str, str]]:
+    """Run ``recover <argv>`` RUNS times, started together; (exit code, stdout, stderr) each."""
+    barrier = directory / "barrier"
+    barrier.mkdir()
+    go = barrier / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", LAUNCHER, str(barrier / f"ready-{n}"), str(go), *argv],
+            env=env,
+            cwd=directory,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(RUNS)
+    ]
+    deadline = time.monotonic() + 120
+    while len(list(barrier.glob("ready-*"))) < RUNS and time.monotonic() < deadline:
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.01)
+    go.touch()
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=180)
+        results.append((proc.returncode, out, err))
+    return results
+
+
+def exactly_one_winner(results: list[tuple[int, str, str]], *allowed: str) -> None:
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0] + [1] * (RUNS - 1), results
+    for code, out, err in results:
+        if code == 0:
+            assert out.startswith("Done: "), out
+            continue
+        assert out == "", out
+        assert len(err.splitlines()) == 1 and err.startswith("Error: "), err
+        assert "Traceback" not in err and not err.startswith("Error: unexpected"), err
+        assert any(text in err for text in allowed), err
+
+
+IMAGE_LOSERS = (
+    f"another recover run is working on image {SNAPSHOT}",
+    f"image {SNAPSHOT} is active: nothing to recover",
+    "changed since the plan was made",
+    "another session holds these rows",
+)
+
+
+@pytest.mark.parametrize("source", ["base-file", "store-still-holds-it"])
+def test_eight_runs_on_one_image(
+    make_db: Any,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    mariadb_server: Any,
+    source: str,
+) -> None:
+    world: World = build_world(make_db, tmp_path, tmp_path_factory, prefix="r",
+                               delayed=source == "store-still-holds-it")  # fmt: skip
+    if source == "store-still-holds-it":
+        placed = world.store / SNAPSHOT
+        inode = placed.stat().st_ino
+        argv = world.args("image", SNAPSHOT, "--yes")
+    else:
+        argv = world.base_args("--yes")
+    base_before = base_stat(world)
+    results = race(argv, world.env, tmp_path)
+    exactly_one_winner(results, *IMAGE_LOSERS)
+    if source == "base-file":
+        assert_image_new(world, mariadb_server)
+    statuses = sorted(journals(world).values())
+    assert statuses.count("committed") == 1, statuses
+    assert set(statuses) <= {"committed", "rolled-back"}, statuses
+    assert store_tmp_files(world) == []
+    names = sorted(p.name for p in world.store.iterdir())
+    if source == "store-still-holds-it":
+        assert placed.stat().st_ino == inode  # the file Glance kept, untouched
+        assert names == sorted([SNAPSHOT, OTHER_IMAGE])
+        row = mariadb_server.query(
+            f"SELECT status, deleted FROM {world.glance_db}.images WHERE id = %s", (SNAPSHOT,)
+        )
+        assert row == [("active", 0)]
+    else:
+        assert names == sorted([SNAPSHOT, OTHER_IMAGE, f".recover-lock-{SNAPSHOT}"])
+    assert (world.base.stat().st_size, world.base.stat().st_mtime_ns) == base_before
+    verified = run_recover(
+        world,
+        ["--glance-db", world.glance_url, "--store-dir", str(world.store), "verify", SNAPSHOT],
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+FLAVOR_LOSERS = (
+    "is live (",
+    "was recovered meanwhile, by another run",
+    "changed since the plan was made",
+    "another session holds these rows",
+    "the database refused the change",
+)
+
+
+@pytest.mark.parametrize("kind", ["legacy", "modern"])
+def test_eight_runs_on_one_flavor(
+    make_db: Any, tmp_path: Path, mariadb_server: Any, kind: str
+) -> None:
+    if kind == "legacy":
+        cloud: Any = Legacy(make_db, "r_nova")
+        url, args, tables = cloud.url, ["--nova-db", cloud.url], (*LEGACY_TABLES, *SHADOW_TABLES)
+    else:
+        cloud = Modern(make_db, (clouds.MODERN_API, clouds.MODERN_NOVA))
+        url, args, tables = cloud.api_url, ["--nova-api-db", cloud.api_url], API_TABLES
+    env = base_env(tmp_path)
+    results = race([*args, "flavor", "f0e1d2c3", "--yes"], env, tmp_path)
+    exactly_one_winner(results, *FLAVOR_LOSERS)
+    now = rows(url, tables)
+    if kind == "legacy":
+        assert {t: now[t] for t in LEGACY_TABLES} == cloud.before_delete
+        assert all(now[t] == [] for t in SHADOW_TABLES)
+    else:
+        assert without_child_ids(now) == without_child_ids(cloud.before_delete)
+        # exactly one copy of each child row: no loser inserted anything
+        assert [len(now[t]) for t in API_TABLES] == [
+            len(cloud.before_delete[t]) for t in API_TABLES
+        ]
+    statuses = [
+        json.loads(p.read_text())["status"] for p in (tmp_path / "state" / "journal").glob("*.json")
+    ]
+    assert statuses.count("committed") == 1, statuses
+    assert set(statuses) <= {"committed", "rolled-back"}, statuses
+
+
+def test_eight_undos_of_one_journal(make_db: Any, tmp_path: Path, mariadb_server: Any) -> None:
+    legacy = Legacy(make_db, "r_nova")
+    env = base_env(tmp_path)
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("recover")), "--nova-db", legacy.url, "flavor",
+         "f0e1d2c3", "--yes"], env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (journal,) = (tmp_path / "state" / "journal").glob("*.json")
+    results = race(["--nova-db", legacy.url, "undo", str(journal), "--yes"], env, tmp_path)
+    exactly_one_winner(
+        results,
+        f"journal {journal} was already undone",
+        "changed since the plan was made",
+        "another session holds these rows",
+    )
+    assert rows(legacy.url, (*LEGACY_TABLES, *SHADOW_TABLES)) == legacy.after_delete
+    assert json.loads(journal.read_text())["status"] == "undone"
+
+
+@pytest.mark.parametrize("kind", ["legacy", "modern"])
+def test_race_loser_is_not_told_to_delete_the_recovered_flavor(
+    make_db: Any, tmp_path: Path, kind: str
+) -> None:
+    """The interleaving the 8-process race hits now and then, made deterministic."""
+    if kind == "legacy":
+        cloud: Any = Legacy(make_db, "r_nova")
+        options = {"nova_db": (cloud.url,)}
+        args = ["--nova-db", cloud.url]
+    else:
+        cloud = Modern(make_db, (clouds.MODERN_API, clouds.MODERN_NOVA))
+        options = {"nova_api_db": cloud.api_url}
+        args = ["--nova-api-db", cloud.api_url]
+    nova = open_nova(resolve(options, environ={}))
+    try:
+        candidate = FlavorFinder(nova).find("f0e1d2c3")  # the loser has found the deleted flavor
+        winner = subprocess.run(
+            [str(Path(sys.executable).with_name("recover")), *args, "flavor", "f0e1d2c3", "--yes"],
+            env=base_env(tmp_path), capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert winner.returncode == 0, winner.stderr
+        with pytest.raises(RefusedError) as refused:
+            if kind == "legacy":
+                legacy_plan(candidate)
+            else:
+                modern_plan(nova, candidate, None)
+    finally:
+        nova.dispose()
+    assert "rename or delete the live one" not in str(refused.value), str(refused.value)
