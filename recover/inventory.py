@@ -1,7 +1,8 @@
 """Find every live instance that depends on a deleted flavor or image.
 
 Read-only. A fixed number of queries per cell, whatever the number of
-instances: distinct references first, then details only for the orphans.
+instances: one scan of the live instances for what they reference, then the
+orphans' instances by primary key (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from recover.db.cloud import NovaCloud, open_glance, open_nova
 from recover.db.engine import describe_db_error
 from recover.errors import DatabaseError
 from recover.glance import ChildCounts, GlanceReader
-from recover.nova import CellReader, FlavorBlobError, FlavorDef, InstanceRef, parse_flavor_blob
+from recover.nova import (
+    CellReader,
+    FlavorBlobError,
+    FlavorDef,
+    InstanceRef,
+    LiveRefs,
+    parse_flavor_blob,
+)
 
 LONG_RUNNING = timedelta(days=365)
 UUID_RE = re.compile(
@@ -185,34 +193,38 @@ class _Scan:
         self.cells = [CellStatus(t.name, False, err) for t, err in nova.unreachable]
 
     def run(self) -> Inventory:
-        flavor_refs: dict[str, set[int]] = {}
-        image_refs: set[str] = set()
+        # Pass 1, one scan per cell: what the live instances use, and which instances.
+        live: dict[str, LiveRefs] = {}
         readable: list[CellReader] = []
         for cell in self.nova.cells:
             try:
                 with cell.connect() as conn:
-                    flavor_refs[cell.name] = cell.referenced_flavor_ids(conn)
-                    image_refs |= cell.referenced_image_ids(conn)
+                    live[cell.name] = cell.live_references(conn)
                 readable.append(cell)
             except SQLAlchemyError as exc:
                 self._cell_failed(cell, exc)
+        flavor_refs = {name: set(refs.flavors) for name, refs in live.items()}
+        image_refs: set[str] = set().union(*(refs.image_ids() for refs in live.values()))
 
         orphan_flavors = self._orphan_flavor_ids(readable, flavor_refs)
         with self.glance.db.engine.connect() as conn:
-            image_rows = self.glance.image_rows(conn, image_refs)
-        orphan_images = {
-            image_id: status
-            for image_id in image_refs
-            if (status := self.glance.orphan_status(image_rows.get(image_id))) is not None
-        }
+            states = self.glance.image_states(conn, image_refs)
+            orphan_images = {
+                image_id: status
+                for image_id in image_refs
+                if (status := self.glance.orphan_status(states.get(image_id))) is not None
+            }
+            image_rows = self.glance.image_rows(conn, orphan_images)
 
+        # Pass 2: the instances that use an orphan, by primary key.
         flavors: dict[int, FlavorOrphan] = {}
         instances_by_image: dict[str, list[InstanceRef]] = {i: [] for i in orphan_images}
         for cell in readable:
             wanted = orphan_flavors.get(cell.name, {})
+            ids = live[cell.name].instance_ids(wanted, orphan_images)
             try:
                 with cell.connect() as conn:
-                    refs = cell.instances_using(conn, wanted, orphan_images)
+                    refs = cell.instances_by_id(conn, ids)
                     self._collect_flavors(cell, conn, wanted, refs, flavors)
             except SQLAlchemyError as exc:
                 self._cell_failed(cell, exc)
@@ -280,7 +292,9 @@ class _Scan:
         if not wanted:
             return
         definitions: dict[int, dict[str, FlavorDef]] = {}
-        for uuid, flavor_id, text in cell.flavor_blobs(conn, wanted):
+        flavor_of = {r.uuid: r.flavor_id for r in refs if r.flavor_id in wanted}
+        for uuid, text in cell.flavor_blobs_of(conn, flavor_of).items():
+            flavor_id = int(flavor_of[uuid])
             try:
                 blob = parse_flavor_blob(text)
             except FlavorBlobError as exc:
@@ -289,7 +303,9 @@ class _Scan:
             match = next((d for d in blob.values() if d is not None and d.id == flavor_id), None)
             if match is not None:
                 definitions.setdefault(flavor_id, {})[uuid] = match
-        sysmeta = cell.sysmeta_flavor_instances(conn, wanted)
+        sysmeta: dict[int, set[str]] = {}
+        for uuid in cell.sysmeta_flavor_uuids(conn, flavor_of):
+            sysmeta.setdefault(int(flavor_of[uuid]), set()).add(uuid)
         for flavor_id, found in wanted.items():
             orphan = flavors.get(flavor_id)
             if orphan is None:

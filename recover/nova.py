@@ -36,7 +36,12 @@ FLAVOR_FIELDS = (
 #: Legacy (Juno and older) ``instance_system_metadata`` keys naming the flavor.
 SYSMETA_FLAVOR_KEYS = ("instance_type_id", "instance_type_flavorid", "instance_type_name")
 SHELVED_IMAGE_KEY = "shelved_image_id"
-IN_BATCH = 1000
+#: Values per ``IN (...)`` list. 50,000 uuids make a 2 MB statement, within every
+#: server's max_allowed_packet (4 MB on MySQL 5.6): the inventory sends one statement
+#: per query up to that many distinct flavors, images or affected instances.
+IN_BATCH = 50_000
+#: Rows fetched at a time when streaming a scan of the live instances.
+STREAM_ROWS = 5_000
 
 
 def chunks(values: Sequence[Any], size: int = IN_BATCH) -> Iterator[Sequence[Any]]:
@@ -147,6 +152,35 @@ class InstanceRef:
     shelved_image_id: str | None
 
 
+@dataclass
+class LiveRefs:
+    """What the live instances of one cell reference, each value -> the instances' ids.
+
+    Built in one pass over ``instances`` (:meth:`CellReader.live_references`), so the
+    instances that use an orphan are found later by primary key, not by a second scan.
+    """
+
+    #: ``instance_type_id`` -> ids of the live instances with that flavor
+    flavors: dict[int, list[int]] = field(default_factory=dict)
+    #: ``image_ref`` (boot-from-volume ``''`` left out) -> ids
+    images: dict[str, list[int]] = field(default_factory=dict)
+    #: ``shelved_image_id`` of shelved-offloaded instances -> ids
+    shelved: dict[str, list[int]] = field(default_factory=dict)
+
+    def image_ids(self) -> set[str]:
+        return self.images.keys() | self.shelved.keys()
+
+    def instance_ids(self, flavor_ids: Iterable[int], image_ids: Iterable[str]) -> list[int]:
+        """Ids of the instances whose flavor, image or shelve snapshot is one of those given."""
+        found: set[int] = set()
+        for flavor_id in flavor_ids:
+            found.update(self.flavors.get(flavor_id, ()))
+        for image_id in image_ids:
+            found.update(self.images.get(image_id, ()))
+            found.update(self.shelved.get(image_id, ()))
+        return sorted(found)
+
+
 class CellReader:
     """Read-only queries against one Nova cell database."""
 
@@ -213,6 +247,109 @@ class CellReader:
             }
         return refs
 
+    def live_references(self, conn: Connection) -> LiveRefs:
+        """One scan of the live instances: the flavors, images and shelve snapshots they use.
+
+        The same references as :meth:`referenced_flavor_ids` and
+        :meth:`referenced_image_ids` together, from one statement instead of three
+        scans of ``instances``, streamed, and with the ids of the instances that use
+        each one (for :meth:`instances_by_id`).
+        """
+        i = self.instances
+        query = self._with_shelved([i.c.id, i.c.instance_type_id, i.c.image_ref]).where(
+            i.c.deleted == 0
+        )
+        refs = LiveRefs()
+        result = conn.execution_options(stream_results=True, yield_per=STREAM_ROWS).execute(query)
+        for instance_id, flavor_id, image_ref, shelved_image_id in result:
+            if flavor_id is not None:
+                refs.flavors.setdefault(int(flavor_id), []).append(instance_id)
+            if image_ref:
+                refs.images.setdefault(image_ref, []).append(instance_id)
+            if shelved_image_id:
+                refs.shelved.setdefault(shelved_image_id, []).append(instance_id)
+        return refs
+
+    def instances_by_id(self, conn: Connection, instance_ids: Sequence[int]) -> list[InstanceRef]:
+        """The live instances among ``instance_ids`` (primary keys), sorted by uuid."""
+        if not instance_ids:
+            return []
+        i = self.instances
+        columns = [
+            i.c.uuid,
+            i.c.host,
+            i.c.node,
+            i.c.vm_state,
+            i.c.project_id,
+            i.c.launched_at,
+            i.c.instance_type_id,
+            i.c.image_ref,
+        ]
+        found: list[InstanceRef] = []
+        for batch in chunks(instance_ids):
+            query = self._with_shelved(columns).where(i.c.deleted == 0, i.c.id.in_(batch))
+            found += [self._instance(r) for r in conn.execute(query)]
+        return sorted(found, key=lambda r: r.uuid)
+
+    def _with_shelved(self, columns: list[Any]) -> Any:
+        """SELECT ``columns`` of instances plus ``shelved_image_id`` of shelved-offloaded ones."""
+        i = self.instances
+        if not self.db.has_table("instance_system_metadata"):
+            return select(*columns, null().label("shelved_image_id"))
+        shelved = self.db.table("instance_system_metadata").alias("shelved")
+        return select(*columns, shelved.c.value.label("shelved_image_id")).select_from(
+            i.outerjoin(
+                shelved,
+                and_(
+                    shelved.c.instance_uuid == i.c.uuid,
+                    shelved.c.key == SHELVED_IMAGE_KEY,
+                    shelved.c.deleted == 0,
+                    i.c.vm_state == "shelved_offloaded",
+                ),
+            )
+        )
+
+    def flavor_blobs_of(self, conn: Connection, uuids: Iterable[str]) -> dict[str, str]:
+        """``instance uuid -> instance_extra.flavor`` (live rows), by the indexed uuid.
+
+        For instances already known to be live (:meth:`instances_by_id`), this is
+        :meth:`flavor_blobs` without a scan of ``instances``.
+        """
+        wanted = sorted(set(uuids))
+        if not wanted or not self.schema.has_instance_extra:
+            return {}
+        ie = self.db.table("instance_extra")
+        found: dict[str, str] = {}
+        for batch in chunks(wanted):
+            rows = conn.execute(
+                select(ie.c.instance_uuid, ie.c.flavor).where(
+                    ie.c.instance_uuid.in_(batch), ie.c.deleted == 0, ie.c.flavor.is_not(None)
+                )
+            )
+            found.update((r[0], r[1]) for r in rows)
+        return dict(sorted(found.items()))
+
+    def sysmeta_flavor_uuids(self, conn: Connection, uuids: Iterable[str]) -> set[str]:
+        """Those of ``uuids`` with a legacy ``instance_type_id`` sysmeta row (deleted or not).
+
+        :meth:`sysmeta_flavor_instances` for known instances, by the indexed uuid.
+        """
+        wanted = sorted(set(uuids))
+        if not wanted or not self.db.has_table("instance_system_metadata"):
+            return set()
+        sm = self.db.table("instance_system_metadata")
+        found: set[str] = set()
+        for batch in chunks(wanted):
+            found |= {
+                r[0]
+                for r in conn.execute(
+                    select(sm.c.instance_uuid)
+                    .where(sm.c.instance_uuid.in_(batch), sm.c.key == "instance_type_id")
+                    .group_by(sm.c.instance_uuid)
+                )
+            }
+        return found
+
     def instances_using(
         self, conn: Connection, flavor_ids: Iterable[int], image_ids: Iterable[str]
     ) -> list[InstanceRef]:
@@ -237,32 +374,18 @@ class CellReader:
             i.c.instance_type_id,
             i.c.image_ref,
         ]
-        if has_sm:
+        if has_sm and image_list:
             sm = self.db.table("instance_system_metadata")
-            shelved = sm.alias("shelved")
-            if image_list:
-                conditions.append(
-                    i.c.uuid.in_(
-                        select(sm.c.instance_uuid).where(
-                            sm.c.key == SHELVED_IMAGE_KEY,
-                            sm.c.deleted == 0,
-                            sm.c.value.in_(image_list),
-                        )
+            conditions.append(
+                i.c.uuid.in_(
+                    select(sm.c.instance_uuid).where(
+                        sm.c.key == SHELVED_IMAGE_KEY,
+                        sm.c.deleted == 0,
+                        sm.c.value.in_(image_list),
                     )
                 )
-            query = select(*columns, shelved.c.value.label("shelved_image_id")).select_from(
-                i.outerjoin(
-                    shelved,
-                    and_(
-                        shelved.c.instance_uuid == i.c.uuid,
-                        shelved.c.key == SHELVED_IMAGE_KEY,
-                        shelved.c.deleted == 0,
-                        i.c.vm_state == "shelved_offloaded",
-                    ),
-                )
             )
-        else:
-            query = select(*columns, null().label("shelved_image_id"))
+        query = self._with_shelved(columns)
         rows = conn.execute(query.where(i.c.deleted == 0, or_(*conditions)).order_by(i.c.uuid))
         return [self._instance(r) for r in rows]
 
