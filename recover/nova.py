@@ -36,6 +36,11 @@ FLAVOR_FIELDS = (
 #: Legacy (Juno and older) ``instance_system_metadata`` keys naming the flavor.
 SYSMETA_FLAVOR_KEYS = ("instance_type_id", "instance_type_flavorid", "instance_type_name")
 SHELVED_IMAGE_KEY = "shelved_image_id"
+#: The instances columns an InstanceRef is made of.
+INSTANCE_COLUMNS = (
+    "uuid", "host", "node", "vm_state", "project_id",
+    "launched_at", "instance_type_id", "image_ref",
+)  # fmt: skip
 #: Values per ``IN (...)`` list. 50,000 uuids make a 2 MB statement, within every
 #: server's max_allowed_packet (4 MB on MySQL 5.6): the inventory sends one statement
 #: per query up to that many distinct flavors, images or affected instances.
@@ -275,16 +280,7 @@ class CellReader:
         if not instance_ids:
             return []
         i = self.instances
-        columns = [
-            i.c.uuid,
-            i.c.host,
-            i.c.node,
-            i.c.vm_state,
-            i.c.project_id,
-            i.c.launched_at,
-            i.c.instance_type_id,
-            i.c.image_ref,
-        ]
+        columns = [i.c[name] for name in INSTANCE_COLUMNS]
         found: list[InstanceRef] = []
         for batch in chunks(instance_ids):
             query = self._with_shelved(columns).where(i.c.deleted == 0, i.c.id.in_(batch))
@@ -364,16 +360,7 @@ class CellReader:
             conditions.append(i.c.instance_type_id.in_(flavor_list))
         if image_list:
             conditions.append(i.c.image_ref.in_(image_list))
-        columns = [
-            i.c.uuid,
-            i.c.host,
-            i.c.node,
-            i.c.vm_state,
-            i.c.project_id,
-            i.c.launched_at,
-            i.c.instance_type_id,
-            i.c.image_ref,
-        ]
+        columns = [i.c[name] for name in INSTANCE_COLUMNS]
         if has_sm and image_list:
             sm = self.db.table("instance_system_metadata")
             conditions.append(
