@@ -17,6 +17,7 @@ from recover.db.cloud import open_nova
 from recover.db.engine import Database, open_database
 from recover.errors import ConfigError, RecoverError, RefusedError
 from recover.images.digest import hash_file
+from recover.images.store import is_store_file
 from recover.plan import Plan, apply, lock_and_check, render_sql, verify
 from recover.text import printable
 
@@ -162,16 +163,12 @@ def plan_undo(settings: Settings, path: Path) -> Plan:
     return inverse
 
 
-def _is_store_file(path: Path, store: Path, image_id: str) -> bool:
-    return path.parent.resolve() == store and path.name == image_id and not path.is_symlink()
-
-
 def _files_outside_store(document: dict[str, Any], store_dir: str) -> str | None:
     store = Path(store_dir).resolve()
     image_id = str(document.get("subject", {}).get("id", ""))
     for entry in document.get("files", []):
         target = Path(str(entry.get("path", "")))
-        if entry.get("created") and not _is_store_file(target, store, image_id):
+        if entry.get("created") and not is_store_file(target, store, image_id):
             return str(target)
     return None
 
@@ -190,7 +187,7 @@ def remove_created_files(plan: Plan, store_dir: str) -> tuple[list[str], list[st
         if not entry.get("created"):
             continue
         target = Path(str(entry.get("path", "")))
-        if not _is_store_file(target, store, image_id):
+        if not is_store_file(target, store, image_id):
             problems.append(f"{printable(target)} is not {store}/{image_id}; left in place")
             continue
         try:

@@ -185,20 +185,32 @@ def test_least_privilege_account_does_the_whole_job(
     assert_secret_nowhere(PASSWORD, seen, world.state, world.root / "home", world.root / "tmp")
 
 
-def test_least_privilege_account_on_a_newton_cloud(
+def newton_cloud_with_templated_cell(
     make_db: Any, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
-    mariadb_server: Any, lp_user: Any,
-) -> None:  # fmt: skip
-    """nova_api + a cell reached through a templated cell mapping, with the same account."""
+    mariadb_server: Any, lp_user: Any, password: str,
+) -> tuple[World, Modern, list[str]]:  # fmt: skip
+    """nova_api whose cell mapping is a template, the least-privilege account with
+    ``password``, and the global options that reach everything as that account."""
     world = build_world(make_db, tmp_path, tmp_path_factory, prefix="p", nova=False)
     cloud = Modern(make_db, (clouds.MODERN_API, clouds.MODERN_NOVA))
     mariadb_server.query(
         "UPDATE fm_api.cell_mappings SET database_connection ="
         " 'mysql+pymysql://{username}:{password}@{hostname}:{port}/fm_cell1?charset=utf8'"
     )
-    lp_user("recover_lp", PLAIN_PASSWORD, grants("{user}", ["fm_cell1"], ["fm_api"], ["p_glance"]))
-    args = ["--nova-api-db", as_user(cloud.api_url, "recover_lp", PLAIN_PASSWORD),
-            "--glance-db", as_user(world.glance_url, "recover_lp", PLAIN_PASSWORD)]  # fmt: skip
+    lp_user("recover_lp", password, grants("{user}", ["fm_cell1"], ["fm_api"], ["p_glance"]))
+    args = ["--nova-api-db", as_user(cloud.api_url, "recover_lp", password),
+            "--glance-db", as_user(world.glance_url, "recover_lp", password)]  # fmt: skip
+    return world, cloud, args
+
+
+def test_least_privilege_account_on_a_newton_cloud(
+    make_db: Any, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+    mariadb_server: Any, lp_user: Any,
+) -> None:  # fmt: skip
+    """nova_api + a cell reached through a templated cell mapping, with the same account."""
+    world, cloud, args = newton_cloud_with_templated_cell(
+        make_db, tmp_path, tmp_path_factory, mariadb_server, lp_user, PLAIN_PASSWORD
+    )
     seen = Transcript()
     before = rows(cloud.api_url, API_TABLES)
     inventory = seen.add(run_recover(world, [*args, "inventory", "--format", "json"]))
@@ -220,15 +232,9 @@ def test_templated_cell_mapping_with_a_password_that_needs_quoting(
     make_db: Any, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
     mariadb_server: Any, lp_user: Any,
 ) -> None:  # fmt: skip
-    world = build_world(make_db, tmp_path, tmp_path_factory, prefix="p", nova=False)
-    cloud = Modern(make_db, (clouds.MODERN_API, clouds.MODERN_NOVA))
-    mariadb_server.query(
-        "UPDATE fm_api.cell_mappings SET database_connection ="
-        " 'mysql+pymysql://{username}:{password}@{hostname}:{port}/fm_cell1?charset=utf8'"
+    world, _cloud, args = newton_cloud_with_templated_cell(
+        make_db, tmp_path, tmp_path_factory, mariadb_server, lp_user, PASSWORD
     )
-    lp_user("recover_lp", PASSWORD, grants("{user}", ["fm_cell1"], ["fm_api"], ["p_glance"]))
-    args = ["--nova-api-db", as_user(cloud.api_url, "recover_lp", PASSWORD),
-            "--glance-db", as_user(world.glance_url, "recover_lp", PASSWORD)]  # fmt: skip
     seen = Transcript()
     inventory = seen.add(run_recover(world, [*args, "inventory", "--format", "json"]))
     for fragment in ("ss%word", "S3cret/p"):

@@ -28,6 +28,14 @@ LOCK_PREFIX = ".recover-lock-"
 DEFAULT_MODE = 0o640
 
 
+def is_store_file(path: Path, store: Path, image_id: str) -> bool:
+    """True when ``path`` is ``<store>/<image id>`` itself: paths from a database or a
+    journal are untrusted, and recover never reads or removes anything else."""
+    return (
+        path.parent.resolve() == store.resolve() and path.name == image_id and not path.is_symlink()
+    )
+
+
 @dataclass(frozen=True)
 class Ownership:
     uid: int

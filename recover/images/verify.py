@@ -23,6 +23,7 @@ from recover.errors import NotFoundError
 from recover.images import api, qemu
 from recover.images.digest import DEFAULT_ALGO, Digests, hash_file
 from recover.images.recovery import WRITABLE, validate_uuid
+from recover.images.store import is_store_file
 from recover.text import printable
 
 
@@ -90,8 +91,7 @@ def verify_image(settings: Settings, image_id: str) -> Verification:
         result.add("file", False, f"{printable(live[-1]['value'])} is not a filesystem location")
         return result
     store = Path(settings.store_dir.value).resolve()
-    if path.name != image_id or path.parent.resolve() != store or path.is_symlink():
-        # A location from the database is untrusted: never read a file outside the store.
+    if not is_store_file(path, store, image_id):
         result.add("file", False, f"location {printable(path)} is not {store}/{image_id}")
         return result
     if not path.is_file():
