@@ -8,6 +8,8 @@ becomes one ``Error: ...`` line on stderr and exit 1; tracebacks only with
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shlex
 import sys
 import traceback
@@ -55,6 +57,20 @@ def warn(message: str) -> None:
     click.echo(f"Warning: {scrub(message)}", err=True)
 
 
+class _NoteHandler(logging.Handler):
+    """The core's ``log.warning`` calls (e.g. a URL rewritten): ``Note: ...`` on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # click.echo looks the stream up now, so CliRunner's captured stderr gets it too.
+        click.echo(f"Note: {scrub(record.getMessage())}", err=True)
+
+
+_core_log = logging.getLogger("recover")
+if not any(isinstance(h, _NoteHandler) for h in _core_log.handlers):
+    _core_log.addHandler(_NoteHandler(logging.WARNING))
+    _core_log.propagate = False
+
+
 class RecoverGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -65,6 +81,10 @@ class RecoverGroup(click.Group):
             self._fail(ctx, exc, str(exc), exc.exit_code)
         except SQLAlchemyError as exc:
             self._fail(ctx, exc, f"database error: {describe_db_error(exc)}", ExitCode.FAILED)
+        except BrokenPipeError as exc:
+            _silence_stdout()
+            self._fail(ctx, exc, "standard output was closed before the report was complete",
+                       ExitCode.FAILED)  # fmt: skip
         except OSError as exc:
             self._fail(ctx, exc, f"{exc.strerror or exc}: {exc.filename or ''}", ExitCode.FAILED)
         except Exception as exc:  # the last line of defence: still one line, no traceback
@@ -212,16 +232,47 @@ def _confirm_on_terminal() -> Confirm | None:
 
 
 def _report(outcome: Outcome, fmt: str) -> None:
-    if fmt == "json":
-        click.echo(json.dumps(outcome.as_dict(), indent=2, sort_keys=True))
-    elif outcome.status == "dry-run":
-        click.echo(outcome.sql, nl=False)
-    else:
-        click.echo(f"Done: {outcome.plan.title}")
-        for line in (*outcome.plan.notes, *outcome.plan.summary()):
-            click.echo(f"  {line}")
-        click.echo(f"Journal: {outcome.journal}")
-        click.echo(f"Undo:    recover undo {outcome.journal}")
+    committed = outcome.status == "applied"
+    if committed and not _is_terminal(sys.stdout):
+        # The report may go to a pipe that is already closed (`| head`) or to a file on a
+        # full disk: the one thing the operator must not lose is how to undo the commit.
+        click.echo(f"Committed; journal {outcome.journal}; undo: recover undo {outcome.journal}",
+                   err=True)  # fmt: skip
+    try:
+        if fmt == "json":
+            click.echo(json.dumps(outcome.as_dict(), indent=2, sort_keys=True))
+        elif outcome.status == "dry-run":
+            click.echo(outcome.sql, nl=False)
+        else:
+            click.echo(f"Done: {outcome.plan.title}")
+            for line in (*outcome.plan.notes, *outcome.plan.summary()):
+                click.echo(f"  {line}")
+            click.echo(f"Journal: {outcome.journal}")
+            click.echo(f"Undo:    recover undo {outcome.journal}")
+    except BrokenPipeError:
+        if not committed:
+            raise
+        # The work is done and its journal named on stderr: a reader that went away is
+        # not a failure of the recovery.
+        _silence_stdout()
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null, so the interpreter's final flush cannot fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):
+        return  # not a real file (CliRunner): nothing will flush to a closed pipe
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _command_line() -> str:
