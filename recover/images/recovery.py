@@ -13,6 +13,7 @@ import os
 import posixpath
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -175,8 +176,22 @@ class ImageRecovery:
 
     # --- sources -------------------------------------------------------------------------
 
-    def _hosts(self) -> list[str]:
-        """Compute hosts of live instances booted from this image (the inventory's list)."""
+    def _base_names(self, spellings: Iterable[str] = ()) -> list[str]:
+        """The names ``_base/<sha1>`` may have, most likely first.
+
+        Nova names the file after ``instance.image_ref`` as the client spelled it (nova 34
+        ``nova/virt/libvirt/driver.py`` ``_create_and_inject_local_root``:
+        ``get_cache_fname(disk_images['image_id'])``), so an instance booted with an
+        upper-case id has ``sha1(<UPPER>)``: Glance's id, the id as typed, the spellings the
+        instances use, then upper case.
+        """
+        typed = self.request.image_id.strip()
+        names = [self.image_id, typed, *sorted(spellings), self.image_id.upper()]
+        return list(dict.fromkeys(base_file_name(n) for n in names))
+
+    def _hosts(self) -> dict[str, set[str]]:
+        """Compute hosts of live instances booted from this image (the inventory's list),
+        each with the spellings of the id in those instances' ``image_ref``."""
         try:
             nova = open_nova(self.settings, allow_unreachable_cells=True)
         except ConfigError as exc:
@@ -185,15 +200,17 @@ class ImageRecovery:
                 hint=f"name the host (--from-host HOST), or configure Nova ({exc.message})",
             ) from None
         try:
-            hosts: set[str] = set()
+            hosts: dict[str, set[str]] = {}
             for cell in nova.cells:
+                if cell.cell0:  # failed builds: never on a compute node
+                    continue
                 with cell.connect() as conn:
-                    hosts |= {
-                        r.host for r in cell.instances_using(conn, [], [self.image_id]) if r.host
-                    }
+                    for ref in cell.instances_using(conn, [], [self.image_id]):
+                        if ref.host and ref.image_id == self.image_id:
+                            hosts.setdefault(ref.host, set()).add(str(ref.image_ref))
         finally:
             nova.dispose()
-        return sorted(hosts)
+        return dict(sorted(hosts.items()))
 
     def _source(self) -> tuple[Transport, str, qemu.ImageInfo | None]:
         request = self.request
@@ -203,9 +220,10 @@ class ImageRecovery:
             if transport.stat_size(path) is None:
                 raise NotFoundError(f"--base-file {path} does not exist or is not a regular file")
             return transport, path, self._check_source(transport, path)
-        base = posixpath.join(request.instances_path, "_base", base_file_name(self.image_id))
+        base_dir = posixpath.join(request.instances_path, "_base")
+        hosts: dict[str, set[str]]
         if request.from_host:
-            hosts = [request.from_host]
+            hosts = {request.from_host: set()}
         elif request.from_host == "":
             hosts = self._hosts()
             if not hosts:
@@ -220,12 +238,14 @@ class ImageRecovery:
                 "or --base-file PATH",
             )
         misses = []
-        for host in hosts:
+        for host, spellings in hosts.items():
+            paths = [posixpath.join(base_dir, name) for name in self._base_names(spellings)]
             try:
                 transport = SshTransport(host)
-                if transport.stat_size(base) is not None:
-                    return transport, base, self._check_source(transport, base)
-                misses.append(f"{host}: no {base}")
+                for base in paths:
+                    if transport.stat_size(base) is not None:
+                        return transport, base, self._check_source(transport, base)
+                misses.append(f"{host}: no {' nor '.join(paths)}")
             except RefusedError:
                 raise
             except RecoverError as exc:
