@@ -28,7 +28,7 @@ from recover.errors import ConfigError, NotFoundError, RecoverError, RefusedErro
 from recover.glance import GlanceReader
 from recover.images import api, qemu
 from recover.images.digest import DEFAULT_ALGO, Digests, Progress, copy_hashing, hash_file
-from recover.images.rows import NewData, image_plan
+from recover.images.rows import NewData, image_plan, restored_status
 from recover.images.store import Staged, image_lock, remove_stale, store_ownership
 from recover.images.transport import LocalTransport, SshTransport, Transport
 from recover.inventory import base_file_name
@@ -124,7 +124,9 @@ class ImageRecovery:
         row = dict(found)
         if row["status"] == "active" and not row["deleted"]:
             raise RefusedError(f"image {self.image_id} is active: nothing to recover")
-        if row["status"] not in RECOVERABLE_STATUSES:
+        # deleted=1 is what makes Glance hide a row (glance 33 _image_get filters on it),
+        # whatever status it kept: hand edits and old releases leave active/deactivated ones.
+        if row["status"] not in RECOVERABLE_STATUSES and not row["deleted"]:
             raise RefusedError(
                 f"image {self.image_id} is {row['status']!r}, "
                 "not deleted, pending_delete or killed",
@@ -463,6 +465,9 @@ class ImageRecovery:
             try:
                 with open(staged.path, "rb") as data:
                     api.upload(glance_api, self.image_id, data, new_data.digests.size)
+                if restored_status(self.row) == "deactivated":
+                    # An upload makes it active; the admin's deactivation stands (rows.py).
+                    api.deactivate(glance_api, self.image_id)
             except BaseException:
                 self._undo_queue(plan, outcome.journal, command, store_file_before)
                 raise
@@ -576,7 +581,9 @@ def recover_image(
     finally:
         recovery.close()
     if outcome.status == "applied" and want_verify:
-        checks = api.verify(glance_api, recovery.image_id, recovery.new_digests)
+        checks = api.verify(
+            glance_api, recovery.image_id, recovery.new_digests, restored_status(recovery.row)
+        )
         outcome.extra["verify"] = [
             {"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks
         ]
