@@ -335,6 +335,10 @@ def flavor(
     """
     from recover.flavors import plan_flavor
 
+    if from_instance is not None:
+        # Nova writes instance uuids in lower case (uuidutils.generate_uuid); clients copy
+        # them in any case.
+        from_instance = from_instance.strip().lower()
     recovery = plan_flavor(app.settings, flavor, from_instance)
     try:
         for message in recovery.warnings:

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -61,6 +62,8 @@ class AffectedInstance:
     project_id: str | None
     launched_at: datetime | None
     long_running: bool
+    #: A failed build in cell0: no compute node ever ran it (``recover.db.cells``).
+    never_ran: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +91,8 @@ class FlavorOrphan:
     definitions_from_system_metadata: int = 0
     conflicting_instances: list[str] = field(default_factory=list)
     recover: str | None = None
+    #: Failed builds in cell0 that use it: set apart from ``instances`` (never_ran_apart).
+    never_ran: list[AffectedInstance] = field(default_factory=list)
 
     @property
     def recoverable(self) -> bool:
@@ -110,10 +115,27 @@ class ImageOrphan:
     children: ChildCounts
     recover: str | None = None
     note: str | None = None
+    never_ran: list[AffectedInstance] = field(default_factory=list)
+    #: The spellings of the id in the ``image_ref`` of the instances on ``hosts``.
+    spellings: list[str] = field(default_factory=list)
+    #: ``images.status`` as the row says it (``status`` is the contract's word for it).
+    row_status: str | None = None
 
     @property
     def base_file(self) -> str:
-        return base_file_name(self.id)
+        """The ``_base`` name on the hosts: sha1 of ``image_ref`` as the instances spell it.
+
+        nova 34 ``nova/virt/libvirt/driver.py`` ``_create_and_inject_local_root`` names it
+        ``get_cache_fname(instance.image_ref)``, the client's spelling, not Glance's.
+        """
+        if not self.spellings or self.id in self.spellings:
+            return base_file_name(self.id)
+        return base_file_name(self.spellings[0])
+
+    @property
+    def base_files(self) -> list[str]:
+        """Every ``_base`` name in use, when instances spell the id in more than one way."""
+        return sorted({base_file_name(s) for s in self.spellings} | {self.base_file})
 
     @property
     def at_risk(self) -> list[str]:
@@ -140,6 +162,9 @@ class Inventory:
     store_dir: str
     scanned_at: datetime
     warnings: list[str] = field(default_factory=list)
+    #: Orphans that only failed builds in cell0 use: reported apart, not counted.
+    never_ran_flavors: list[FlavorOrphan] = field(default_factory=list)
+    never_ran_images: list[ImageOrphan] = field(default_factory=list)
 
     @property
     def partial(self) -> bool:
@@ -159,6 +184,7 @@ def _affected(ref: InstanceRef, now: datetime) -> AffectedInstance:
         project_id=ref.project_id,
         launched_at=ref.launched_at,
         long_running=ref.launched_at is not None and now - ref.launched_at > LONG_RUNNING,
+        never_ran=ref.cell0,
     )
 
 
@@ -230,19 +256,23 @@ class _Scan:
                 self._cell_failed(cell, exc)
                 continue
             for ref in refs:
-                for image_id in {
-                    ref.image_ref or "",
-                    ref.shelved_image_id or "",
-                } & orphan_images.keys():
+                for image_id in {ref.image_id, ref.shelved_id} & orphan_images.keys():
                     instances_by_image[image_id].append(ref)
             self.cells.append(CellStatus(cell.name, True))
 
         images = self._images(orphan_images, image_rows, instances_by_image)
+        never_ran_flavors = never_ran_apart(flavors.values())
+        for orphan in never_ran_flavors:
+            del flavors[orphan.id]
+        never_ran_images = never_ran_apart(images)
+        images = [i for i in images if all(i is not n for n in never_ran_images)]
         self._suggest(flavors.values())
         self.cells.sort(key=lambda c: c.name)
         return Inventory(
             flavors=sorted(flavors.values(), key=lambda f: f.id),
             images=sorted(images, key=lambda i: i.id),
+            never_ran_flavors=sorted(never_ran_flavors, key=lambda f: f.id),
+            never_ran_images=sorted(never_ran_images, key=lambda i: i.id),
             cells=self.cells,
             flavor_store=self.store,
             glance_generation=self.glance.schema.generation,
@@ -360,14 +390,20 @@ class _Scan:
         images = []
         for image_id, status in orphan_images.items():
             row = rows.get(image_id)
-            refs = sorted(instances[image_id], key=lambda r: r.uuid)
+            every = sorted(instances[image_id], key=lambda r: r.uuid)
+            refs = [r for r in every if not r.cell0]
+            booted = [r for r in refs if r.host and r.image_id == image_id]
             image = ImageOrphan(
-                id=image_id,
+                # As Glance has it; image_id is its lower-case key (nova.image_key).
+                id=row.id if row is not None else image_id,
                 name=row.name if row is not None else None,
                 status=status,
                 instances=[_affected(r, self.now) for r in refs],
-                shelved_instances=sorted(r.uuid for r in refs if r.shelved_image_id == image_id),
-                hosts=sorted({r.host for r in refs if r.host and r.image_ref == image_id}),
+                never_ran=[_affected(r, self.now) for r in every if r.cell0],
+                shelved_instances=sorted(r.uuid for r in refs if r.shelved_id == image_id),
+                hosts=sorted({str(r.host) for r in booted}),
+                spellings=sorted({str(r.image_ref) for r in booted}),
+                row_status=row.status if row is not None else None,
                 disk_format=row.disk_format if row is not None else None,
                 size=row.size if row is not None else None,
                 deleted_at=row.deleted_at if row is not None else None,
@@ -376,6 +412,8 @@ class _Scan:
                 children=children.get(image_id, ChildCounts()),
             )
             image.recover, image.note = _image_suggestion(image)
+            if image.recover and image.row_status == "deactivated":
+                image.note = f"{image.note}; it comes back deactivated, as an admin left it"
             images.append(image)
         return images
 
@@ -398,8 +436,34 @@ def _flavor_token(orphan: FlavorOrphan, orphans: list[FlavorOrphan]) -> str:
     return str(orphan.id)
 
 
+def never_ran_apart(orphans: Iterable[Any]) -> list[Any]:
+    """Move the failed builds of cell0 out of each orphan's ``instances``; return the
+    orphans that only such builds use (the caller lists them apart).
+
+    nova's conductor buries an instance it could not schedule in cell0 (nova
+    ``nova/conductor/manager.py`` ``_bury_in_cell0``): it never ran on a compute node, so
+    it has no ``_base`` file, nothing to rebuild or evacuate, and can only be deleted.
+    """
+    apart = []
+    for orphan in orphans:
+        orphan.never_ran = sorted(
+            [*orphan.never_ran, *(a for a in orphan.instances if a.never_ran)],
+            key=lambda a: a.uuid,
+        )
+        orphan.instances = [a for a in orphan.instances if not a.never_ran]
+        if orphan.never_ran and not orphan.instances:
+            orphan.recover = None
+            apart.append(orphan)
+    return apart
+
+
 def _image_suggestion(image: ImageOrphan) -> tuple[str | None, str | None]:
     quoted = shlex.quote(image.id)
+    if image.never_ran and not image.instances:
+        return None, (
+            "only failed builds in cell0 use it: no compute node ever ran them; "
+            "delete them (openstack server delete) rather than recover the image"
+        )
     if image.status == "missing":
         return None, "the images row was purged; recover cannot re-create it under the same id"
     if image.store_file:

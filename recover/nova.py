@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, null, or_, select
+from sqlalchemy import and_, func, null, or_, select
 from sqlalchemy.engine import Connection, Row
 
 from recover.db.engine import Database
@@ -155,6 +155,28 @@ class InstanceRef:
     flavor_id: int | None
     image_ref: str | None
     shelved_image_id: str | None
+    #: In cell0: a failed build that no compute node ever ran.
+    cell0: bool = False
+
+    @property
+    def image_id(self) -> str:
+        """``image_ref`` as Glance names it: Nova keeps the client's spelling (see image_key)."""
+        return image_key(self.image_ref)
+
+    @property
+    def shelved_id(self) -> str:
+        return image_key(self.shelved_image_id)
+
+
+def image_key(value: str | None) -> str:
+    """An image id as it compares: lower case, ``''`` for none.
+
+    Nova stores ``image_ref`` as the client sent it, and Glance, whose ``images.id`` is
+    varchar(36) in a case-insensitive collation on MySQL, serves ``GET /v2/images/<ID>``
+    for any spelling (glance 33 ``glance/db/sqlalchemy/api.py`` ``_image_get`` compares
+    ``id`` in SQL). Glance writes lower-case ids (``uuidutils.generate_uuid``).
+    """
+    return (value or "").lower()
 
 
 @dataclass
@@ -167,9 +189,9 @@ class LiveRefs:
 
     #: ``instance_type_id`` -> ids of the live instances with that flavor
     flavors: dict[int, list[int]] = field(default_factory=dict)
-    #: ``image_ref`` (boot-from-volume ``''`` left out) -> ids
+    #: ``image_ref`` (boot-from-volume ``''`` left out; lower case, :func:`image_key`) -> ids
     images: dict[str, list[int]] = field(default_factory=dict)
-    #: ``shelved_image_id`` of shelved-offloaded instances -> ids
+    #: ``shelved_image_id`` of shelved-offloaded instances (lower case) -> ids
     shelved: dict[str, list[int]] = field(default_factory=dict)
 
     def image_ids(self) -> set[str]:
@@ -189,10 +211,14 @@ class LiveRefs:
 class CellReader:
     """Read-only queries against one Nova cell database."""
 
-    def __init__(self, name: str, db: Database, schema: NovaCellSchema) -> None:
+    def __init__(
+        self, name: str, db: Database, schema: NovaCellSchema, *, cell0: bool = False
+    ) -> None:
         self.name = name
         self.db = db
         self.schema = schema
+        #: cell0: failed builds only, never run on any compute node (recover.db.cells).
+        self.cell0 = cell0
         self.instances = db.table("instances")
 
     def connect(self) -> Connection:
@@ -270,9 +296,9 @@ class CellReader:
             if flavor_id is not None:
                 refs.flavors.setdefault(int(flavor_id), []).append(instance_id)
             if image_ref:
-                refs.images.setdefault(image_ref, []).append(instance_id)
+                refs.images.setdefault(image_key(image_ref), []).append(instance_id)
             if shelved_image_id:
-                refs.shelved.setdefault(shelved_image_id, []).append(instance_id)
+                refs.shelved.setdefault(image_key(shelved_image_id), []).append(instance_id)
         return refs
 
     def instances_by_id(self, conn: Connection, instance_ids: Sequence[int]) -> list[InstanceRef]:
@@ -350,7 +376,7 @@ class CellReader:
         self, conn: Connection, flavor_ids: Iterable[int], image_ids: Iterable[str]
     ) -> list[InstanceRef]:
         flavor_list = sorted(set(flavor_ids))
-        image_list = sorted(set(image_ids))
+        image_list = sorted({image_key(i) for i in image_ids})
         if not flavor_list and not image_list:
             return []
         i = self.instances
@@ -359,7 +385,10 @@ class CellReader:
         if flavor_list:
             conditions.append(i.c.instance_type_id.in_(flavor_list))
         if image_list:
-            conditions.append(i.c.image_ref.in_(image_list))
+            # LOWER(): Nova keeps the client's spelling of image_ref (image_key); a MySQL
+            # collation would ignore case anyway, SQLite would not. No index on image_ref
+            # (nova-ab450ba04102.sql): this was a scan of the live instances already.
+            conditions.append(func.lower(i.c.image_ref).in_(image_list))
         columns = [i.c[name] for name in INSTANCE_COLUMNS]
         if has_sm and image_list:
             sm = self.db.table("instance_system_metadata")
@@ -368,7 +397,7 @@ class CellReader:
                     select(sm.c.instance_uuid).where(
                         sm.c.key == SHELVED_IMAGE_KEY,
                         sm.c.deleted == 0,
-                        sm.c.value.in_(image_list),
+                        func.lower(sm.c.value).in_(image_list),
                     )
                 )
             )
@@ -388,6 +417,7 @@ class CellReader:
             flavor_id=row.instance_type_id,
             image_ref=row.image_ref,
             shelved_image_id=row.shelved_image_id,
+            cell0=self.cell0,
         )
 
     def flavor_blobs(

@@ -137,13 +137,15 @@ def statements(plan: Plan) -> Iterator[tuple[RowChange, ClauseElement]]:
             yield change, insert(table).values(**change.after)
         elif change.action == "delete":
             yield change, delete(table).where(_where_key(table, change.key))
-        else:
+        elif change.changed_columns():
             yield (
                 change,
                 update(table)
                 .where(_where_key(table, change.key))
                 .values(**change.changed_columns()),
             )
+        # else: the row is already as planned (e.g. a live location of a row deleted by hand):
+        # lock_and_check still locks and re-checks it; an empty SET would be a syntax error.
 
 
 def _literal_dialect(dialect: Dialect) -> Dialect:

@@ -46,6 +46,7 @@ def flavor_dict(orphan: FlavorOrphan) -> dict[str, Any]:
         "conflicting_instances": orphan.conflicting_instances,
         "at_risk": list(FLAVOR_RISKS),
         "recover": orphan.recover,
+        "never_ran": [i.uuid for i in orphan.never_ran],
     }
 
 
@@ -64,11 +65,14 @@ def image_dict(orphan: ImageOrphan) -> dict[str, Any]:
         "long_running": sorted(i.uuid for i in orphan.instances if i.long_running),
         "hosts": orphan.hosts,
         "base_file": orphan.base_file,
+        "base_files": orphan.base_files,
         "store_file": orphan.store_file,
         "deleted_children": orphan.children.as_dict(),
         "at_risk": orphan.at_risk,
         "recover": orphan.recover,
         "note": orphan.note,
+        "never_ran": [i.uuid for i in orphan.never_ran],
+        "row_status": orphan.row_status,
     }
 
 
@@ -76,6 +80,11 @@ def as_dict(inventory: Inventory) -> dict[str, Any]:
     return {
         "flavors": [flavor_dict(f) for f in inventory.flavors],
         "images": [image_dict(i) for i in inventory.images],
+        # Orphans that only failed builds in cell0 use: not in the lists above, not exit 3.
+        "never_ran": {
+            "flavors": [flavor_dict(f) for f in inventory.never_ran_flavors],
+            "images": [image_dict(i) for i in inventory.never_ran_images],
+        },
         "cells": [{"name": c.name, "ok": c.ok, "error": c.error} for c in inventory.cells],
         "partial": inventory.partial,
         "flavor_store": inventory.flavor_store,
@@ -168,6 +177,7 @@ def _table_lines(inventory: Inventory) -> list[str]:
         lines.extend(_wrap("definition from", sources or ["nothing found"]))
         if f.conflicting_instances:
             lines.extend(_wrap("definitions differ in", f.conflicting_instances))
+        lines.extend(_never_ran_line(f.never_ran))
         lines.append(f"    recover: {f.recover}" if f.recover else "    recover: no source left")
     lines.append("")
     lines.append(f"Deleted images still used by live instances: {len(inventory.images)}")
@@ -183,18 +193,53 @@ def _table_lines(inventory: Inventory) -> list[str]:
         if i.shelved_instances:
             lines.extend(_wrap("shelved-offloaded", i.shelved_instances))
         lines.extend(_wrap("hosts", i.hosts))
-        lines.append(f"    _base file: {i.base_file}")
+        lines.extend(_never_ran_line(i.never_ran))
+        lines.extend(_wrap("_base file", i.base_files))
+        if i.row_status not in (None, "deleted", i.status):
+            lines.append(f"    row: status {i.row_status} with deleted=1")
         lines.append(f"    recover: {i.recover}" if i.recover else f"    recover: no ({i.note})")
     lines.append("")
+    lines.extend(_never_ran_section(inventory))
     scanned = ", ".join(f"{c.name}" + ("" if c.ok else " (UNREACHABLE)") for c in inventory.cells)
     lines.extend(textwrap.wrap(f"Cells: {scanned}", width=WIDTH, subsequent_indent="  "))
     affected = {a.uuid for f in inventory.flavors for a in f.instances}
     affected |= {a.uuid for i in inventory.images for a in i.instances}
+    never_ran = {a.uuid for f in inventory.flavors for a in f.never_ran}
+    never_ran |= {a.uuid for f in inventory.never_ran_flavors for a in f.never_ran}
+    never_ran |= {a.uuid for i in inventory.images for a in i.never_ran}
+    never_ran |= {a.uuid for i in inventory.never_ran_images for a in i.never_ran}
     lines.append(
         f"Summary: {len(inventory.flavors)} flavor(s), {len(inventory.images)} image(s), "
         f"{len(affected)} instance(s) affected"
+        + (f"; {len(never_ran)} failed build(s) in cell0 set apart" if never_ran else "")
         + ("; PARTIAL: some cells were not scanned" if inventory.partial else "")
     )
+    return lines
+
+
+def _never_ran_line(instances: list[AffectedInstance]) -> list[str]:
+    if not instances:
+        return []
+    return _wrap(f"never ran, cell0 ({len(instances)})", [i.uuid for i in instances])
+
+
+def _never_ran_section(inventory: Inventory) -> list[str]:
+    """Orphans that only failed builds use: shown, but nothing a compute node needs."""
+    if not (inventory.never_ran_flavors or inventory.never_ran_images):
+        return []
+    lines = [
+        "Deleted flavors and images used only by failed builds in cell0 (never ran): "
+        f"{len(inventory.never_ran_flavors) + len(inventory.never_ran_images)}"
+    ]
+    for f in inventory.never_ran_flavors:
+        lines.append(f"  flavor {f.id}  flavorid {f.flavorid or '?'}  "
+                     f"{f.name or '(name unknown)'}  [{f.state}]")  # fmt: skip
+        lines.extend(_never_ran_line(f.never_ran))
+    for i in inventory.never_ran_images:
+        lines.append(f"  image {i.id}  [{i.status}]")
+        lines.extend(_never_ran_line(i.never_ran))
+    lines.append("    delete these instances (openstack server delete): nothing to recover")
+    lines.append("")
     return lines
 
 

@@ -404,3 +404,49 @@ def test_fixture_describes_itself(glance_api: GlanceApi) -> None:
     # No token at all: the unauthenticated-context pipeline plus the policy override.
     assert isinstance(list(glance_api.client().images.list()), list)
     assert "Listening at: " + glance_api.endpoint in glance_api.log_tail(200)
+
+
+# --- issue 10 item 9: a deactivated row deleted by hand comes back deactivated ------------------
+
+
+@pytest.mark.parametrize("path", ["store-file", "via-api"])
+def test_deactivated_row_deleted_by_hand_comes_back_deactivated(
+    glance_api: GlanceApi, tmp_path: Path, path: str
+) -> None:
+    """status='deactivated' with deleted=1 (a soft delete made in SQL): recovered, still
+    deactivated (an admin blocked downloads; recovering must not lift that), served to admins
+    with a verified download, and reactivated by the admin's own call."""
+    raw = make_raw(tmp_path / "guest.raw", 21)
+    data = raw.read_bytes()
+    client = glance_api.client()
+    image_id = create_image(client, data, "raw", **PROPS)
+    client.images.deactivate(image_id)
+    glance_api.query(
+        "UPDATE images SET deleted = 1, deleted_at = UTC_TIMESTAMP() WHERE id = %s", (image_id,)
+    )
+    args = [*db_args(glance_api), "--glance-endpoint", glance_api.endpoint, "image", image_id]
+    if path == "via-api":  # the data is gone too: Glance writes it again from the _base copy
+        glance_api.query(
+            "UPDATE image_locations SET deleted = 1, status = 'deleted' WHERE image_id = %s",
+            (image_id,),
+        )
+        (glance_api.store_dir / image_id).unlink()
+        args += ["--base-file", str(raw), "--via-api"]
+    with pytest.raises(glance_exc.HTTPNotFound):
+        client.images.get(image_id)
+
+    result = recover(*args, "--yes", "--format", "json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    status = report["verify"][0]
+    assert (status["check"], status["ok"], status["detail"]) == (
+        "api status", True, "status=deactivated",
+    )  # fmt: skip
+    assert all(c["ok"] for c in report["verify"]), report["verify"]
+    row = image_row(glance_api, image_id)
+    assert (row["status"], row["deleted"], row["deleted_at"]) == ("deactivated", 0, None)
+    assert client.images.get(image_id)["status"] == "deactivated"
+    assert verify(glance_api, image_id)["ok"] is True
+
+    client.images.reactivate(image_id)
+    assert_served(glance_api, image_id, data)

@@ -423,3 +423,57 @@ def test_multistore_glance_gets_the_store_id_in_the_location(
     assert result.exit_code == 0, result.stderr
     locations = scenario.children()["image_locations"]
     assert locations == [(f"file://{scenario.store}/{SNAPSHOT}", "active", 0, '{"store": "fast"}')]
+
+
+# --- issue 10 item 9: a row that says active/deactivated with deleted=1 is a deleted row ----------
+
+
+@pytest.mark.parametrize("status", ["active", "deactivated"])
+def test_deleted_row_that_says_active_or_deactivated_is_recovered(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any, status: str
+) -> None:
+    """Listed by the inventory with a command that used to refuse ("is 'active', not deleted,
+    pending_delete or killed"); the command now works. A deactivated image comes back
+    deactivated: an admin blocked its downloads, recovering it must not lift that."""
+    import shlex
+
+    from recover.db.engine import open_database
+    from recover.simulate import Instance, create_instance
+
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, delayed=True)
+    mariadb_server.query(f"UPDATE i_glance.images SET status = '{status}' WHERE id = '{SNAPSHOT}'")
+    nova_url = make_db(clouds.LEGACY_NOVA, "d_nova")
+    nova = open_database(nova_url, "nova")
+    with nova.engine.begin() as conn:
+        create_instance(conn, nova, Instance(
+            uuid="91000000-0000-4000-8000-000000000001", flavor=clouds.SMALL, flavor_id=1,
+            image_ref=SNAPSHOT, host="compute-12",
+        ))  # fmt: skip
+    nova.dispose()
+    listed = run(["--nova-db", nova_url, *scenario.args("inventory", "--format", "json")])
+    assert listed.exit_code == 0, listed.stderr
+    (image,) = json.loads(listed.stdout)["images"]
+    assert (image["id"], image["status"], image["row_status"], image["store_file"]) == (
+        SNAPSHOT, "deleted", status, True,
+    )  # fmt: skip
+    assert image["recover"] == f"recover image {SNAPSHOT}"
+    if status == "deactivated":
+        assert image["note"].endswith("; it comes back deactivated, as an admin left it")
+
+    command = shlex.split(image["recover"])
+    assert command[0] == "recover"
+    result = run(scenario.args(*command[1:], "--yes"))
+    assert result.exit_code == 0, result.stderr
+    assert f"image row back to {status}" in result.stdout
+    row = scenario.row()
+    assert (row["status"], row["deleted"], row["deleted_at"]) == (status, 0, None)
+    children = scenario.children()
+    assert children["image_properties"] == [(name, 0) for name in sorted(PROPERTIES)]
+    assert children["image_locations"] == [
+        (f"file://{scenario.store / SNAPSHOT}", "active", 0, "{}")
+    ]
+    verified = run(scenario.args("verify", SNAPSHOT))
+    assert verified.exit_code == 0, verified.stdout + verified.stderr
+    assert f"  ok   status: status={status} deleted=0\n" in verified.stdout
+    again = run(["--nova-db", nova_url, *scenario.args("inventory", "--format", "json")])
+    assert json.loads(again.stdout)["images"] == []

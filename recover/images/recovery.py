@@ -13,6 +13,7 @@ import os
 import posixpath
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +28,7 @@ from recover.errors import ConfigError, NotFoundError, RecoverError, RefusedErro
 from recover.glance import GlanceReader
 from recover.images import api, qemu
 from recover.images.digest import DEFAULT_ALGO, Digests, Progress, copy_hashing, hash_file
-from recover.images.rows import NewData, image_plan
+from recover.images.rows import NewData, image_plan, restored_status
 from recover.images.store import Staged, image_lock, remove_stale, store_ownership
 from recover.images.transport import LocalTransport, SshTransport, Transport
 from recover.inventory import base_file_name
@@ -123,7 +124,9 @@ class ImageRecovery:
         row = dict(found)
         if row["status"] == "active" and not row["deleted"]:
             raise RefusedError(f"image {self.image_id} is active: nothing to recover")
-        if row["status"] not in RECOVERABLE_STATUSES:
+        # deleted=1 is what makes Glance hide a row (glance 33 _image_get filters on it),
+        # whatever status it kept: hand edits and old releases leave active/deactivated ones.
+        if row["status"] not in RECOVERABLE_STATUSES and not row["deleted"]:
             raise RefusedError(
                 f"image {self.image_id} is {row['status']!r}, "
                 "not deleted, pending_delete or killed",
@@ -175,8 +178,22 @@ class ImageRecovery:
 
     # --- sources -------------------------------------------------------------------------
 
-    def _hosts(self) -> list[str]:
-        """Compute hosts of live instances booted from this image (the inventory's list)."""
+    def _base_names(self, spellings: Iterable[str] = ()) -> list[str]:
+        """The names ``_base/<sha1>`` may have, most likely first.
+
+        Nova names the file after ``instance.image_ref`` as the client spelled it (nova 34
+        ``nova/virt/libvirt/driver.py`` ``_create_and_inject_local_root``:
+        ``get_cache_fname(disk_images['image_id'])``), so an instance booted with an
+        upper-case id has ``sha1(<UPPER>)``: Glance's id, the id as typed, the spellings the
+        instances use, then upper case.
+        """
+        typed = self.request.image_id.strip()
+        names = [self.image_id, typed, *sorted(spellings), self.image_id.upper()]
+        return list(dict.fromkeys(base_file_name(n) for n in names))
+
+    def _hosts(self) -> dict[str, set[str]]:
+        """Compute hosts of live instances booted from this image (the inventory's list),
+        each with the spellings of the id in those instances' ``image_ref``."""
         try:
             nova = open_nova(self.settings, allow_unreachable_cells=True)
         except ConfigError as exc:
@@ -185,15 +202,17 @@ class ImageRecovery:
                 hint=f"name the host (--from-host HOST), or configure Nova ({exc.message})",
             ) from None
         try:
-            hosts: set[str] = set()
+            hosts: dict[str, set[str]] = {}
             for cell in nova.cells:
+                if cell.cell0:  # failed builds: never on a compute node
+                    continue
                 with cell.connect() as conn:
-                    hosts |= {
-                        r.host for r in cell.instances_using(conn, [], [self.image_id]) if r.host
-                    }
+                    for ref in cell.instances_using(conn, [], [self.image_id]):
+                        if ref.host and ref.image_id == self.image_id:
+                            hosts.setdefault(ref.host, set()).add(str(ref.image_ref))
         finally:
             nova.dispose()
-        return sorted(hosts)
+        return dict(sorted(hosts.items()))
 
     def _source(self) -> tuple[Transport, str, qemu.ImageInfo | None]:
         request = self.request
@@ -203,9 +222,10 @@ class ImageRecovery:
             if transport.stat_size(path) is None:
                 raise NotFoundError(f"--base-file {path} does not exist or is not a regular file")
             return transport, path, self._check_source(transport, path)
-        base = posixpath.join(request.instances_path, "_base", base_file_name(self.image_id))
+        base_dir = posixpath.join(request.instances_path, "_base")
+        hosts: dict[str, set[str]]
         if request.from_host:
-            hosts = [request.from_host]
+            hosts = {request.from_host: set()}
         elif request.from_host == "":
             hosts = self._hosts()
             if not hosts:
@@ -220,12 +240,14 @@ class ImageRecovery:
                 "or --base-file PATH",
             )
         misses = []
-        for host in hosts:
+        for host, spellings in hosts.items():
+            paths = [posixpath.join(base_dir, name) for name in self._base_names(spellings)]
             try:
                 transport = SshTransport(host)
-                if transport.stat_size(base) is not None:
-                    return transport, base, self._check_source(transport, base)
-                misses.append(f"{host}: no {base}")
+                for base in paths:
+                    if transport.stat_size(base) is not None:
+                        return transport, base, self._check_source(transport, base)
+                misses.append(f"{host}: no {' nor '.join(paths)}")
             except RefusedError:
                 raise
             except RecoverError as exc:
@@ -443,6 +465,9 @@ class ImageRecovery:
             try:
                 with open(staged.path, "rb") as data:
                     api.upload(glance_api, self.image_id, data, new_data.digests.size)
+                if restored_status(self.row) == "deactivated":
+                    # An upload makes it active; the admin's deactivation stands (rows.py).
+                    api.deactivate(glance_api, self.image_id)
             except BaseException:
                 self._undo_queue(plan, outcome.journal, command, store_file_before)
                 raise
@@ -556,7 +581,9 @@ def recover_image(
     finally:
         recovery.close()
     if outcome.status == "applied" and want_verify:
-        checks = api.verify(glance_api, recovery.image_id, recovery.new_digests)
+        checks = api.verify(
+            glance_api, recovery.image_id, recovery.new_digests, restored_status(recovery.row)
+        )
         outcome.extra["verify"] = [
             {"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks
         ]

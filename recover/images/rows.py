@@ -10,6 +10,7 @@ download (``os_hash_value`` first, else ``checksum``; ``size`` sets the length).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,6 +36,17 @@ class NewData:
     disk_format: str
 
 
+def restored_status(image: Mapping[Any, Any]) -> str:
+    """``active``, or ``deactivated`` for a row an admin had deactivated before it was deleted.
+
+    Deactivation is an admin's decision to block downloads (glance 33
+    ``glance/api/v2/image_data.py`` refuses non-admins); bringing the image back must not
+    quietly undo it. ``openstack image set --activate`` (POST .../actions/reactivate) does,
+    when the admin wants it.
+    """
+    return "deactivated" if image["status"] == "deactivated" else "active"
+
+
 def _within(value: datetime | None, anchor: datetime | None, before: timedelta) -> bool:
     if value is None or anchor is None:
         return False
@@ -58,7 +70,7 @@ def image_plan(
     db = glance.db
     images = db.table("images")
     columns = set(images.c.keys())
-    status = "queued" if queued_for_upload else "active"
+    status = "queued" if queued_for_upload else restored_status(image)
     after = {**image, "status": status, "deleted": 0, "deleted_at": None, "updated_at": now}
     if queued_for_upload:
         integrity = ("checksum", "size", "virtual_size", "os_hash_algo", "os_hash_value")
@@ -109,6 +121,11 @@ def image_plan(
         "restore the properties, tags and members deleted with it: "
         + ", ".join(f"{n} {t.removeprefix('image_')}" for t, n in counts.items()),
     ]
+    if restored_status(image) == "deactivated":
+        notes.append(
+            "it was deactivated before it was deleted and stays deactivated (downloads for "
+            "admins only); `openstack image set --activate` lifts that"
+        )
     if new_data is not None and not queued_for_upload:
         notes.append(
             f"new data: {new_data.disk_format}, {new_data.digests.size} bytes, md5 "

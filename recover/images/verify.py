@@ -23,6 +23,7 @@ from recover.errors import NotFoundError
 from recover.images import api, qemu
 from recover.images.digest import DEFAULT_ALGO, Digests, hash_file
 from recover.images.recovery import WRITABLE, validate_uuid
+from recover.images.rows import restored_status
 from recover.images.store import is_store_file
 from recover.text import printable
 
@@ -31,6 +32,8 @@ from recover.text import printable
 class Verification:
     image_id: str
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
+    #: What the API should say: ``deactivated`` for an image recovered as such (rows.py).
+    api_status: str = "active"
 
     def add(self, name: str, ok: bool, detail: str) -> None:
         self.checks.append((name, ok, detail))
@@ -80,8 +83,9 @@ def verify_image(settings: Settings, image_id: str) -> Verification:
             )
     finally:
         glance.db.dispose()
-    result = Verification(image_id)
-    result.add("status", row["status"] == "active" and not row["deleted"],
+    result = Verification(image_id, api_status=restored_status(row))
+    # deactivated: served to admins only, as the admin who deactivated it wanted (rows.py).
+    result.add("status", row["status"] in ("active", "deactivated") and not row["deleted"],
                f"status={row['status']} deleted={int(row['deleted'])}")  # fmt: skip
     result.add("location", bool(live), f"{len(live)} active location(s)")
     if not live:
@@ -118,7 +122,7 @@ def verify_image(settings: Settings, image_id: str) -> Verification:
 
 def _with_api(result: Verification, settings: Settings, digests: Digests | None) -> Verification:
     """What Nova will see: the API's view of the image and a verified download."""
-    for check in api.verify(api.client(settings), result.image_id, digests):
+    for check in api.verify(api.client(settings), result.image_id, digests, result.api_status):
         result.add(check.name, check.ok, check.detail)
     return result
 
