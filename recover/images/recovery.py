@@ -32,6 +32,7 @@ from recover.images.store import Staged, image_lock, remove_stale, store_ownersh
 from recover.images.transport import LocalTransport, SshTransport, Transport
 from recover.inventory import base_file_name
 from recover.plan import Plan, RowChange, apply
+from recover.text import printable
 from recover.write import Confirm, Outcome, execute
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -95,6 +96,14 @@ class ImageRecovery:
         self.image_id = validate_uuid(request.image_id)
         self.store = Path(settings.store_dir.value)
         self.final = self.store / self.image_id
+        # With filesystem_store_datadirs the file of a pending_delete image may be in any of
+        # the store's directories (glance_store writes each image into the best one of its
+        # time): un-delete it where it is.
+        for directory in settings.image_dirs()[1:]:
+            if (Path(directory) / self.image_id).is_file() and not self.final.exists():
+                self.store = Path(directory)
+                self.final = self.store / self.image_id
+                break
         self.glance: GlanceReader = open_glance(settings)
         self.row = self._row()
         self.target_format = self._target_format()
@@ -323,6 +332,7 @@ class ImageRecovery:
             now=datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0),
             action=action,
             queued_for_upload=queued,
+            store_dirs=self.settings.image_dirs(),
         )
         return plan
 
@@ -335,6 +345,7 @@ class ImageRecovery:
         confirm: Confirm | None,
         journal_dir: Path | None = None,
     ) -> Outcome:
+        self._refuse_other_store_kind()
         if not self.store.is_dir():
             raise ConfigError(
                 f"store directory {self.store} does not exist", hint="pass --store-dir"
@@ -402,6 +413,19 @@ class ImageRecovery:
                 )
             finally:
                 staged.discard()
+
+    def _refuse_other_store_kind(self) -> None:
+        """Glance's default store is not a filesystem (RBD, Swift, ...) and no filesystem
+        directory was named: only Glance itself can write that store."""
+        kind = self.settings.glance_store_kind
+        if kind in (None, "file") or self.settings.store_dir.source != "default":
+            return
+        raise ConfigError(
+            f"Glance's default store is of type {printable(kind)!r}, not a filesystem store: "
+            "recover writes only filesystem stores itself",
+            hint="pass --via-api (with --glance-endpoint and --os-token, or OS_AUTH_URL) so that "
+            "Glance uploads the image into its own store",
+        )
 
     def run_via_api(
         self,
