@@ -94,14 +94,28 @@ def execute(
             journal.write(path, plan, "rolled-back", command)
         raise
     faults.point("committed")
-    journal.write(path, plan, "committed", command)
-    problems = verify(plan)
+    try:
+        journal.write(path, plan, "committed", command)
+        problems = verify(plan)
+    except Exception as exc:
+        raise committed_failure(path, "marking the journal and re-reading the rows", exc) from exc
     if problems:
-        raise RecoverError(
-            f"committed, but re-reading the rows differs from the plan: {'; '.join(problems)}",
-            hint=f"inspect them; `recover undo {path}` reverses the change",
-        )
+        differ = RecoverError(f"they differ from the plan: {'; '.join(problems)}")
+        raise committed_failure(path, "re-reading the rows", differ)
     return Outcome("applied", plan, sql, journal=path)
+
+
+def committed_failure(
+    path: Path, what: str, error: BaseException, subject: str = "the change"
+) -> RecoverError:
+    """The error for anything that fails after COMMIT: the change is live, so the operator
+    must learn that first, with the journal and the command that reverses it (a bare API
+    error here once hid a committed recovery, and a re-run then found nothing to do)."""
+    detail = str(error) if isinstance(error, RecoverError) else f"{type(error).__name__}: {error}"
+    return RecoverError(
+        f"{subject} was COMMITTED (journal {path}), but {what} failed: {detail}",
+        hint=f"it is in the database now: inspect it; `recover undo {path}` reverses it",
+    )
 
 
 def _database_for(settings: Settings, target: str) -> Database:

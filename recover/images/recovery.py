@@ -33,7 +33,7 @@ from recover.images.transport import LocalTransport, SshTransport, Transport
 from recover.inventory import base_file_name
 from recover.plan import Plan, RowChange, apply
 from recover.text import printable
-from recover.write import Confirm, Outcome, execute
+from recover.write import Confirm, Outcome, committed_failure, execute
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 #: Glance disk_format -> the qemu-img format that writes it (qemu calls VHD "vpc").
@@ -464,14 +464,32 @@ class ImageRecovery:
             outcome = execute(plan, dry_run=False, yes=yes, command=command, confirm=confirm,
                               journal_dir=journal_dir)  # fmt: skip
             assert outcome.journal is not None
+            subject = f"image {self.image_id} set to queued for the upload"
             try:
                 with open(staged.path, "rb") as data:
                     api.upload(glance_api, self.image_id, data, new_data.digests.size)
-            except BaseException:
-                self._undo_queue(plan, outcome.journal, command, store_file_before)
+            except BaseException as failed:
+                try:
+                    self._undo_queue(plan, outcome.journal, command, store_file_before)
+                except Exception as exc:
+                    raise committed_failure(
+                        outcome.journal,
+                        f"the upload ({failed}) and then putting the rows back",
+                        exc,
+                        subject,
+                    ) from exc
                 raise
             self.new_digests = new_data.digests
-            self._record_upload(plan, outcome.journal, command, store_file_before)
+            try:
+                self._record_upload(plan, outcome.journal, command, store_file_before)
+            except Exception as exc:
+                raise committed_failure(
+                    outcome.journal,
+                    "recording what Glance wrote in the journal (undo will leave Glance's new "
+                    "location row and file)",
+                    exc,
+                    f"the recovery of image {self.image_id}",
+                ) from exc
             outcome.extra["uploaded"] = {"md5": new_data.digests.md5, "size": new_data.digests.size}
             return outcome
         finally:
@@ -571,6 +589,13 @@ def recover_image(
     glance_api = api.client(settings) if api_on and (want_verify or request.via_api) else None
     recovery = ImageRecovery(settings, request)
     try:
+        if glance_api is not None:
+            api.preflight(
+                glance_api,
+                "--via-api needs the Glance API: check --glance-endpoint and the token (or OS_*)"
+                if request.via_api
+                else "check --glance-endpoint and the token (or OS_*), or pass --no-verify",
+            )
         if request.via_api:
             outcome = recovery.run_via_api(
                 glance_api, dry_run=dry_run, yes=yes, command=command, confirm=confirm
@@ -580,15 +605,24 @@ def recover_image(
     finally:
         recovery.close()
     if outcome.status == "applied" and want_verify:
-        checks = api.verify(glance_api, recovery.image_id, recovery.new_digests)
+        assert outcome.journal is not None
+        subject = f"the recovery of image {recovery.image_id}"
+        try:
+            checks = api.verify(glance_api, recovery.image_id, recovery.new_digests)
+        except Exception as exc:
+            # Any failure after COMMIT says so first (a bare API error once hid the commit).
+            raise committed_failure(
+                outcome.journal, "verifying it through the Glance API", exc, subject
+            ) from exc
         outcome.extra["verify"] = [
             {"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks
         ]
         failed = [f"{c.name} ({c.detail})" for c in checks if not c.ok]
         if failed:
-            raise RecoverError(
-                f"image {recovery.image_id} was recovered and COMMITTED, but Glance verification "
-                f"FAILED: {'; '.join(failed)}",
-                hint=f"inspect it; `recover undo {outcome.journal}` reverses the recovery",
+            raise committed_failure(
+                outcome.journal,
+                "the Glance verification",
+                RecoverError("; ".join(failed)),
+                subject,
             )
     return outcome
