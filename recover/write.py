@@ -150,7 +150,7 @@ def plan_undo(settings: Settings, path: Path) -> Plan:
     document = journal.read(path)
     if document.get("status") == "undone":
         raise RefusedError(f"journal {path} was already undone")
-    outside = _files_outside_store(document, settings.store_dir.value)
+    outside = _files_outside_store(document, settings.image_dirs())
     if outside:
         raise RefusedError(
             f"journal {path} names a file that is not this image's file in the store "
@@ -177,17 +177,24 @@ def plan_undo(settings: Settings, path: Path) -> Plan:
     return inverse
 
 
-def _files_outside_store(document: dict[str, Any], store_dir: str) -> str | None:
-    store = Path(store_dir).resolve()
+def _store_dirs(store_dir: str | tuple[str, ...]) -> list[Path]:
+    """The store's directories (``filesystem_store_datadirs``: the file may be in any)."""
+    return [Path(d).resolve() for d in ((store_dir,) if isinstance(store_dir, str) else store_dir)]
+
+
+def _files_outside_store(document: dict[str, Any], store_dir: str | tuple[str, ...]) -> str | None:
+    stores = _store_dirs(store_dir)
     image_id = str(document.get("subject", {}).get("id", ""))
     for entry in document.get("files", []):
         target = Path(str(entry.get("path", "")))
-        if entry.get("created") and not is_store_file(target, store, image_id):
+        if entry.get("created") and not any(is_store_file(target, s, image_id) for s in stores):
             return str(target)
     return None
 
 
-def remove_created_files(plan: Plan, store_dir: str) -> tuple[list[str], list[str]]:
+def remove_created_files(
+    plan: Plan, store_dir: str | tuple[str, ...]
+) -> tuple[list[str], list[str]]:
     """After an undo: remove the image file the original run placed, if it is still that file.
 
     A journal is a file anyone with access could edit, so only ``<store>/<image id>`` of
@@ -195,14 +202,15 @@ def remove_created_files(plan: Plan, store_dir: str) -> tuple[list[str], list[st
     Returns (removed, problems).
     """
     removed, problems = [], []
-    store = Path(store_dir).resolve()
+    stores = _store_dirs(store_dir)
     image_id = str(plan.subject.get("id", ""))
     for entry in plan.files:
         if not entry.get("created"):
             continue
         target = Path(str(entry.get("path", "")))
-        if not is_store_file(target, store, image_id):
-            problems.append(f"{printable(target)} is not {store}/{image_id}; left in place")
+        if not any(is_store_file(target, s, image_id) for s in stores):
+            where = " or ".join(f"{s}/{image_id}" for s in stores)
+            problems.append(f"{printable(target)} is not {where}; left in place")
             continue
         try:
             size = target.stat().st_size

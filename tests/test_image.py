@@ -543,3 +543,25 @@ def test_multistore_without_a_location_in_the_target_store_gets_a_new_row(
     assert {c["check"]: c["detail"] for c in json.loads(check.stdout)["checks"]}[
         "location store"
     ] == "meta_data store 'fast', file in store 'fast'"
+
+
+def test_datadirs_undo_removes_the_file_from_whichever_datadir_it_was_placed_in(
+    make_db: MakeDb, tmp_path: Path
+) -> None:
+    """Undo accepts the image file in any datadir of the store (among equal priorities the one
+    with most free space wins, so it need not be the one the undo resolves first)."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    high = tmp_path / "srv/glance/high"
+    conf = datadirs_conf(scenario, tmp_path, high)
+    before = scenario.children()
+    result = run(["--glance-conf", str(conf), "image", SNAPSHOT, "--base-file",
+                  str(scenario.base), "--yes", "--format", "json"])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    journal = json.loads(result.stdout)["journal"]
+    assert (high / SNAPSHOT).is_file()
+    undo = run(["--glance-conf", str(conf), "--store-dir", str(scenario.store),
+                "undo", journal, "--yes"])  # fmt: skip
+    assert undo.exit_code == 0, undo.stderr
+    assert not (high / SNAPSHOT).exists()
+    assert scenario.children() == before
+    assert scenario.row()["status"] == "deleted"
