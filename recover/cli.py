@@ -489,7 +489,7 @@ def undo(app: AppContext, journal_file: Path, dry_run: bool, yes: bool, fmt: str
         ~/.local/state/recover/journal/20261124T020000000000Z-flavor-7.json --yes
     """
     plan = plan_undo(app.settings, journal_file)
-    store_dir = app.settings.store_dir.value
+    store_dir = app.settings.image_dirs()  # filesystem_store_datadirs: any of them
     try:
         if not plan.changes:
             _clean_up_after_interrupted_run(plan, journal_file, store_dir, dry_run)
@@ -508,7 +508,7 @@ def undo(app: AppContext, journal_file: Path, dry_run: bool, yes: bool, fmt: str
 
 
 def _clean_up_after_interrupted_run(
-    plan: Plan, journal_file: Path, store_dir: str, dry_run: bool
+    plan: Plan, journal_file: Path, store_dir: str | tuple[str, ...], dry_run: bool
 ) -> None:
     """The journaled run never committed: its rows are untouched; remove a file it placed."""
     click.echo(f"Nothing to undo in the database: {journal_file} never committed.")

@@ -369,14 +369,12 @@ class _Scan:
             orphan.instances.sort(key=lambda a: a.uuid)
 
     def _store_file(self, image_id: str) -> bool | None:
-        store = Path(self.settings.store_dir.value)
-        if (
-            not UUID_RE.match(image_id)
-            or not store.is_dir()
-            or not os.access(store, os.R_OK | os.X_OK)
-        ):
+        # Every datadir of the store (filesystem_store_datadirs): the file may be in any.
+        stores = [Path(d) for d in self.settings.image_dirs()]
+        readable = [s for s in stores if s.is_dir() and os.access(s, os.R_OK | os.X_OK)]
+        if not UUID_RE.match(image_id) or len(readable) < len(stores):
             return None
-        return (store / image_id).is_file()
+        return any((store / image_id).is_file() for store in readable)
 
     def _images(
         self,

@@ -477,3 +477,145 @@ def test_deleted_row_that_says_active_or_deactivated_is_recovered(
     assert f"  ok   status: status={status} deleted=0\n" in verified.stdout
     again = run(["--nova-db", nova_url, *scenario.args("inventory", "--format", "json")])
     assert json.loads(again.stdout)["images"] == []
+
+
+# --- issue 10 item 16: the store as Glance reads glance-api.conf ---------------------------------
+
+
+def datadirs_conf(scenario: Any, tmp_path: Path, high: Path) -> Path:
+    """The scenario's store as the low-priority datadir, ``high`` as the high-priority one."""
+    high.mkdir(parents=True, exist_ok=True)
+    conf = tmp_path / "glance-api.conf"
+    conf.write_text(
+        f"[database]\nconnection = {scenario.glance_url}\n[glance_store]\n"
+        f"filesystem_store_datadirs = {scenario.store}:100\n"
+        f"filesystem_store_datadirs = {high}:200\n"
+    )
+    return conf
+
+
+def test_datadirs_the_file_goes_to_the_highest_priority_and_the_moved_path_is_reported(
+    make_db: MakeDb, tmp_path: Path
+) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    high = tmp_path / "srv/glance/high"
+    conf = datadirs_conf(scenario, tmp_path, high)
+    result = run(["--glance-conf", str(conf), "image", SNAPSHOT, "--base-file",
+                  str(scenario.base), "--yes", "--format", "json"])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert (
+        f"location 1 was file://{scenario.store}/{SNAPSHOT}; the file is now placed at "
+        f"file://{high}/{SNAPSHOT}"
+    ) in json.loads(result.stdout)["notes"]
+    assert digests(high / SNAPSHOT) == scenario.original
+    assert not (scenario.store / SNAPSHOT).exists()
+    assert scenario.children()["image_locations"] == [
+        (f"file://{high}/{SNAPSHOT}", "active", 0, "{}")
+    ]
+    check = run(["--glance-conf", str(conf), "verify", SNAPSHOT])
+    assert check.exit_code == 0, check.stdout + check.stderr
+
+
+def test_datadirs_pending_delete_file_in_a_lower_priority_dir_is_undeleted_in_place(
+    make_db: MakeDb, tmp_path: Path
+) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, delayed=True)
+    high = tmp_path / "srv/glance/high"
+    conf = datadirs_conf(scenario, tmp_path, high)
+    result = run(["--glance-conf", str(conf), "image", SNAPSHOT, "--yes"])
+    assert result.exit_code == 0, result.stderr
+    assert "the store still holds" in result.stdout
+    assert "the file is now placed" not in result.stdout
+    assert list(high.iterdir()) == []
+    assert assert_recovered(scenario) == scenario.original
+
+
+@pytest.mark.parametrize(
+    "store_conf",
+    [
+        "[glance_store]\nstores = rbd, file\ndefault_store = rbd\n",
+        "[DEFAULT]\nenabled_backends = ceph:rbd, fs:file\n[glance_store]\ndefault_backend = ceph\n",
+    ],
+    ids=["single-store", "multi-store"],
+)
+def test_default_store_rbd_points_at_via_api(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any, store_conf: str
+) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    conf = tmp_path / "glance-api.conf"
+    conf.write_text(f"{store_conf}[database]\nconnection = {scenario.glance_url}\n")
+    before, listing = mariadb_server.checksum("i_glance"), store_listing(scenario.store)
+    for extra in ([], ["--dry-run"]):
+        result = run(["--glance-conf", str(conf), "image", SNAPSHOT, "--base-file",
+                      str(scenario.base), "--yes", *extra])  # fmt: skip
+        assert (result.exit_code, result.stderr) == (1, (
+            "Error: Glance's default store is of type 'rbd', not a filesystem store: recover "
+            "writes only filesystem stores itself; pass --via-api (with --glance-endpoint and "
+            "--os-token, or OS_AUTH_URL) so that Glance uploads the image into its own store\n"
+        ))  # fmt: skip
+    assert mariadb_server.checksum("i_glance") == before
+    assert store_listing(scenario.store) == listing
+
+
+def test_multistore_without_a_location_in_the_target_store_gets_a_new_row(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any
+) -> None:
+    """Issue 10 item 4: the image's only location is of another store (``web``): that row
+    stays as Glance left it, and the file placed in ``fast`` gets a location row of its own."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    web = f"http://images.example.com/{SNAPSHOT}"
+    mariadb_server.query(
+        'UPDATE i_glance.image_locations SET value = %s, meta_data = \'{"store": "web"}\' '
+        "WHERE image_id = %s",
+        (web, SNAPSHOT),
+    )
+    (old,) = mariadb_server.query(
+        "SELECT * FROM i_glance.image_locations WHERE image_id = %s", (SNAPSHOT,)
+    )
+    conf = tmp_path / "glance-api.conf"
+    conf.write_text(
+        "[DEFAULT]\nenabled_backends = fast:file, web:http\n[glance_store]\ndefault_backend = fast\n"
+        f"[fast]\nfilesystem_store_datadir = {scenario.store}\n"
+        f"[database]\nconnection = {scenario.glance_url}\n"
+    )
+    result = run(["--glance-conf", str(conf), "image", SNAPSHOT, "--base-file",
+                  str(scenario.base), "--yes", "--format", "json"])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    notes = json.loads(result.stdout)["notes"]
+    assert "location rows of other stores left as Glance left them: 1 (store web)" in notes
+    assert "the image had no location of store 'fast': a new location row 2" in notes
+    rows = mariadb_server.query(
+        "SELECT * FROM i_glance.image_locations WHERE image_id = %s ORDER BY id", (SNAPSHOT,)
+    )
+    assert rows[0] == old
+    assert scenario.children()["image_locations"] == [
+        (web, "deleted", 1, '{"store": "web"}'),
+        (f"file://{scenario.store}/{SNAPSHOT}", "active", 0, '{"store": "fast"}'),
+    ]
+    check = run(["--glance-conf", str(conf), "verify", SNAPSHOT, "--format", "json"])
+    assert check.exit_code == 0, check.stdout + check.stderr
+    assert {c["check"]: c["detail"] for c in json.loads(check.stdout)["checks"]}[
+        "location store"
+    ] == "meta_data store 'fast', file in store 'fast'"
+
+
+def test_datadirs_undo_removes_the_file_from_whichever_datadir_it_was_placed_in(
+    make_db: MakeDb, tmp_path: Path
+) -> None:
+    """Undo accepts the image file in any datadir of the store (among equal priorities the one
+    with most free space wins, so it need not be the one the undo resolves first)."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    high = tmp_path / "srv/glance/high"
+    conf = datadirs_conf(scenario, tmp_path, high)
+    before = scenario.children()
+    result = run(["--glance-conf", str(conf), "image", SNAPSHOT, "--base-file",
+                  str(scenario.base), "--yes", "--format", "json"])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    journal = json.loads(result.stdout)["journal"]
+    assert (high / SNAPSHOT).is_file()
+    undo = run(["--glance-conf", str(conf), "--store-dir", str(scenario.store),
+                "undo", journal, "--yes"])  # fmt: skip
+    assert undo.exit_code == 0, undo.stderr
+    assert not (high / SNAPSHOT).exists()
+    assert scenario.children() == before
+    assert scenario.row()["status"] == "deleted"

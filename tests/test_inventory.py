@@ -687,3 +687,22 @@ def test_only_failed_builds_do_not_fail_on_orphans(modern: Cloud) -> None:
     assert (data["flavors"], data["images"]) == ([], [])
     assert [f["id"] for f in data["never_ran"]["flavors"]] == [2, 3]
     assert [i["id"] for i in data["never_ran"]["images"]] == [NEVER_IMAGE, clouds.DELETED_IMAGE]
+
+
+def test_pending_delete_file_in_any_datadir_counts(modern: Cloud, tmp_path: Path) -> None:
+    """Issue 10 item 16: with filesystem_store_datadirs the file of a pending_delete image may
+    be in a lower-priority directory than the one glance_store writes new images into."""
+    high = tmp_path / "high"
+    high.mkdir()
+    conf = tmp_path / "glance-api.conf"
+    conf.write_text(
+        f"[database]\nconnection = {modern.glance_url}\n[glance_store]\n"
+        f"filesystem_store_datadirs = {modern.store}:100\nfilesystem_store_datadirs = {high}:200\n"
+    )
+    assert modern.api_url is not None
+    result = run(["--nova-api-db", modern.api_url, "--glance-conf", str(conf),
+                  "inventory", "--format", "json"])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    images = {i["id"]: i for i in json.loads(result.stdout)["images"]}
+    assert images[clouds.PENDING_IMAGE]["store_file"] is True
+    assert images[clouds.DELETED_IMAGE]["store_file"] is False

@@ -112,6 +112,22 @@ def translated(what: str) -> Iterator[None]:
         raise
 
 
+def preflight(glance: Any, why: str) -> None:
+    """Before anything is written: does the Glance API answer, with these credentials?
+
+    ``GET /v2/images?limit=1`` needs a valid token (``/versions`` does not) and is
+    answered only by a Glance v2 API, so a wrong endpoint, an expired token or a
+    broken Glance refuses the run here, with nothing changed, instead of after COMMIT.
+    """
+    try:
+        with translated("the Glance API check before any change"):
+            for _ in glance.images.list(limit=1):
+                break
+    except GlanceApiError as error:
+        hint = f"{error.hint}; " if error.hint else ""
+        raise GlanceApiError(error.message, hint=f"{hint}nothing was changed; {why}") from None
+
+
 @dataclass
 class ApiCheck:
     name: str

@@ -33,7 +33,8 @@ from recover.images.store import Staged, image_lock, remove_stale, store_ownersh
 from recover.images.transport import LocalTransport, SshTransport, Transport
 from recover.inventory import base_file_name
 from recover.plan import Plan, RowChange, apply
-from recover.write import Confirm, Outcome, execute
+from recover.text import printable
+from recover.write import Confirm, Outcome, committed_failure, execute
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 #: Glance disk_format -> the qemu-img format that writes it (qemu calls VHD "vpc").
@@ -96,6 +97,14 @@ class ImageRecovery:
         self.image_id = validate_uuid(request.image_id)
         self.store = Path(settings.store_dir.value)
         self.final = self.store / self.image_id
+        # With filesystem_store_datadirs the file of a pending_delete image may be in any of
+        # the store's directories (glance_store writes each image into the best one of its
+        # time): un-delete it where it is.
+        for directory in settings.image_dirs()[1:]:
+            if (Path(directory) / self.image_id).is_file() and not self.final.exists():
+                self.store = Path(directory)
+                self.final = self.store / self.image_id
+                break
         self.glance: GlanceReader = open_glance(settings)
         self.row = self._row()
         self.target_format = self._target_format()
@@ -345,6 +354,7 @@ class ImageRecovery:
             now=datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0),
             action=action,
             queued_for_upload=queued,
+            store_dirs=self.settings.image_dirs(),
         )
         return plan
 
@@ -357,6 +367,7 @@ class ImageRecovery:
         confirm: Confirm | None,
         journal_dir: Path | None = None,
     ) -> Outcome:
+        self._refuse_other_store_kind()
         if not self.store.is_dir():
             raise ConfigError(
                 f"store directory {self.store} does not exist", hint="pass --store-dir"
@@ -425,6 +436,19 @@ class ImageRecovery:
             finally:
                 staged.discard()
 
+    def _refuse_other_store_kind(self) -> None:
+        """Glance's default store is not a filesystem (RBD, Swift, ...) and no filesystem
+        directory was named: only Glance itself can write that store."""
+        kind = self.settings.glance_store_kind
+        if kind in (None, "file") or self.settings.store_dir.source != "default":
+            return
+        raise ConfigError(
+            f"Glance's default store is of type {printable(kind)!r}, not a filesystem store: "
+            "recover writes only filesystem stores itself",
+            hint="pass --via-api (with --glance-endpoint and --os-token, or OS_AUTH_URL) so that "
+            "Glance uploads the image into its own store",
+        )
+
     def run_via_api(
         self,
         glance_api: Any,
@@ -462,17 +486,35 @@ class ImageRecovery:
             outcome = execute(plan, dry_run=False, yes=yes, command=command, confirm=confirm,
                               journal_dir=journal_dir)  # fmt: skip
             assert outcome.journal is not None
+            subject = f"image {self.image_id} set to queued for the upload"
             try:
                 with open(staged.path, "rb") as data:
                     api.upload(glance_api, self.image_id, data, new_data.digests.size)
                 if restored_status(self.row) == "deactivated":
                     # An upload makes it active; the admin's deactivation stands (rows.py).
                     api.deactivate(glance_api, self.image_id)
-            except BaseException:
-                self._undo_queue(plan, outcome.journal, command, store_file_before)
+            except BaseException as failed:
+                try:
+                    self._undo_queue(plan, outcome.journal, command, store_file_before)
+                except Exception as exc:
+                    raise committed_failure(
+                        outcome.journal,
+                        f"the upload ({failed}) and then putting the rows back",
+                        exc,
+                        subject,
+                    ) from exc
                 raise
             self.new_digests = new_data.digests
-            self._record_upload(plan, outcome.journal, command, store_file_before)
+            try:
+                self._record_upload(plan, outcome.journal, command, store_file_before)
+            except Exception as exc:
+                raise committed_failure(
+                    outcome.journal,
+                    "recording what Glance wrote in the journal (undo will leave Glance's new "
+                    "location row and file)",
+                    exc,
+                    f"the recovery of image {self.image_id}",
+                ) from exc
             outcome.extra["uploaded"] = {"md5": new_data.digests.md5, "size": new_data.digests.size}
             return outcome
         finally:
@@ -572,6 +614,13 @@ def recover_image(
     glance_api = api.client(settings) if api_on and (want_verify or request.via_api) else None
     recovery = ImageRecovery(settings, request)
     try:
+        if glance_api is not None:
+            api.preflight(
+                glance_api,
+                "--via-api needs the Glance API: check --glance-endpoint and the token (or OS_*)"
+                if request.via_api
+                else "check --glance-endpoint and the token (or OS_*), or pass --no-verify",
+            )
         if request.via_api:
             outcome = recovery.run_via_api(
                 glance_api, dry_run=dry_run, yes=yes, command=command, confirm=confirm
@@ -581,17 +630,26 @@ def recover_image(
     finally:
         recovery.close()
     if outcome.status == "applied" and want_verify:
-        checks = api.verify(
-            glance_api, recovery.image_id, recovery.new_digests, restored_status(recovery.row)
-        )
+        assert outcome.journal is not None
+        subject = f"the recovery of image {recovery.image_id}"
+        try:
+            checks = api.verify(
+                glance_api, recovery.image_id, recovery.new_digests, restored_status(recovery.row)
+            )
+        except Exception as exc:
+            # Any failure after COMMIT says so first (a bare API error once hid the commit).
+            raise committed_failure(
+                outcome.journal, "verifying it through the Glance API", exc, subject
+            ) from exc
         outcome.extra["verify"] = [
             {"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks
         ]
         failed = [f"{c.name} ({c.detail})" for c in checks if not c.ok]
         if failed:
-            raise RecoverError(
-                f"image {recovery.image_id} was recovered and COMMITTED, but Glance verification "
-                f"FAILED: {'; '.join(failed)}",
-                hint=f"inspect it; `recover undo {outcome.journal}` reverses the recovery",
+            raise committed_failure(
+                outcome.journal,
+                "the Glance verification",
+                RecoverError("; ".join(failed)),
+                subject,
             )
     return outcome

@@ -13,13 +13,16 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from sqlalchemy import func, select
 
 from recover.glance import GlanceReader
 from recover.images.digest import Digests
 from recover.plan import Plan, Row, RowChange
+from recover.text import printable
 
 #: image_update(purge_props=True) deletes properties in an earlier transaction than
 #: image_destroy, so their deleted_at is a little before the image's.
@@ -63,6 +66,7 @@ def image_plan(
     now: datetime,
     action: str,
     queued_for_upload: bool = False,
+    store_dirs: tuple[str, ...] = (),
 ) -> Plan:
     """The rows back to live. ``queued_for_upload``: status ``queued`` with the integrity
     columns NULL, so Glance accepts an API upload of new bytes (real-glance.md §5, Q1/Q3),
@@ -89,9 +93,13 @@ def image_plan(
     changes = [RowChange("images", {"id": image["id"]}, before=image, after=after)]
     anchor = image["deleted_at"]
     counts: dict[str, int] = {}
+    location_notes: list[str] = []
     with db.engine.connect() as conn:
         if not queued_for_upload:
-            changes.append(_location(conn, glance, image, location_uri, store_id, now))
+            location, location_notes = _location(
+                conn, glance, image, location_uri, store_id, store_dirs, now
+            )
+            changes.append(location)
         for table_name, window in (
             ("image_properties", PROPERTY_WINDOW),
             ("image_tags", SAME_TIME),
@@ -120,6 +128,7 @@ def image_plan(
         f"{action}; image row back to {status}",
         "restore the properties, tags and members deleted with it: "
         + ", ".join(f"{n} {t.removeprefix('image_')}" for t, n in counts.items()),
+        *location_notes,
     ]
     if restored_status(image) == "deactivated":
         notes.append(
@@ -142,17 +151,40 @@ def image_plan(
 
 
 def _location(
-    conn: Any, glance: GlanceReader, image: Row, uri: str, store_id: str | None, now: datetime
-) -> RowChange:
-    """The newest location row back to active at ``uri``, or a new one."""
+    conn: Any,
+    glance: GlanceReader,
+    image: Row,
+    uri: str,
+    store_id: str | None,
+    store_dirs: tuple[str, ...],
+    now: datetime,
+) -> tuple[RowChange, list[str]]:
+    """The newest location row of the store the file is placed in, back to active at
+    ``uri`` with that store's id; a new row when the image had none in that store.
+
+    Rows of other stores (an ``http`` or ``rbd`` location next to a ``file`` one) stay
+    exactly as Glance left them: rewriting one to a ``file://`` URL while its
+    ``meta_data`` still names its own store makes Glance hand the URL to that store's
+    driver, and the download fails (glance 33 ``glance/location.py``; glance_store
+    ``multi_backend.get_from_backend`` picks the driver by ``meta_data["store"]``).
+    """
     t = glance.db.table("image_locations")
-    newest = (
-        conn.execute(select(t).where(t.c.image_id == image["id"]).order_by(t.c.id.desc()).limit(1))
-        .mappings()
-        .first()
-    )
+    rows = [
+        dict(r)
+        for r in conn.execute(
+            select(t).where(t.c.image_id == image["id"]).order_by(t.c.id.desc())
+        ).mappings()
+    ]
+    ours = [r for r in rows if _in_store(r, store_id, store_dirs)]
+    others = [r for r in rows if not _in_store(r, store_id, store_dirs)]
+    notes = []
+    if others:
+        described = ", ".join(
+            f"{r['id']} ({_store_label(r)})" for r in sorted(others, key=lambda r: r["id"])
+        )
+        notes.append(f"location rows of other stores left as Glance left them: {described}")
     meta = json.dumps({"store": store_id}) if store_id else "{}"
-    if newest is None:
+    if not ours:
         next_id = int(conn.execute(select(func.coalesce(func.max(t.c.id), 0))).scalar_one()) + 1
         row = {
             "id": next_id,
@@ -165,8 +197,11 @@ def _location(
             "meta_data": meta,
             "status": "active",
         }
-        return RowChange("image_locations", {"id": next_id}, before=None, after=row)
-    before = dict(newest)
+        where = f" of store {store_id!r}" if store_id else " in the filesystem store"
+        if rows:
+            notes.append(f"the image had no location{where}: a new location row {next_id}")
+        return RowChange("image_locations", {"id": next_id}, before=None, after=row), notes
+    before = ours[0]
     after = {
         **before,
         "value": uri,
@@ -175,9 +210,46 @@ def _location(
         "deleted_at": None,
         "updated_at": now,
     }
-    if store_id and "store" not in _meta(before.get("meta_data")):
+    if store_id:
         after["meta_data"] = json.dumps({**_meta(before.get("meta_data")), "store": store_id})
-    return RowChange("image_locations", {"id": before["id"]}, before=before, after=after)
+    if before["value"] != uri:
+        notes.append(
+            f"location {before['id']} was {printable(before['value'])}; the file is now placed at "
+            f"{printable(uri)}"
+        )
+    return RowChange("image_locations", {"id": before["id"]}, before=before, after=after), notes
+
+
+def _file_path(value: str | None) -> PurePosixPath | None:
+    parsed = urlparse(value or "")
+    if parsed.scheme not in ("file", "filesystem"):
+        return None
+    return PurePosixPath(unquote(parsed.path))
+
+
+def _in_store(row: Row, store_id: str | None, store_dirs: tuple[str, ...]) -> bool:
+    """Is this location row one of the store the file goes to?
+
+    Multi-store: its ``meta_data["store"]``; a row without one (written before
+    ``enabled_backends``) by its URL, as Glance back-fills it (glance 33
+    ``glance/common/store_utils.py`` ``update_store_in_locations``). Single store:
+    any ``file://`` row, the only filesystem store there is.
+    """
+    path = _file_path(row.get("value"))
+    if store_id is None:
+        return path is not None
+    stored = _meta(row.get("meta_data")).get("store")
+    if stored is not None:
+        return bool(stored == store_id)
+    return path is not None and any(str(path.parent) == str(PurePosixPath(d)) for d in store_dirs)
+
+
+def _store_label(row: Row) -> str:
+    stored = _meta(row.get("meta_data")).get("store")
+    if stored is not None:
+        return f"store {printable(str(stored))}"
+    scheme = urlparse(row.get("value") or "").scheme
+    return f"{printable(scheme) or 'unknown'} location"
 
 
 def _meta(text: str | None) -> dict[str, Any]:
