@@ -81,8 +81,14 @@ def test_incident_on_legacy_nova_and_glance(legacy: Cloud) -> None:
                 "long_running": victims,
                 "sources": {"instance_extra": 2, "row": "instance_types", "system_metadata": 0},
                 "conflicting_instances": [],
+                "differ_in": [],
+                "variants": [],
+                "revert_resize_instances": [],
+                "live_flavor": None,
                 "at_risk": ["flavor show", "server list --flavor"],
                 "recover": "recover flavor 7",
+                "note": None,
+                "recreate": None,
             }
         ],
         "images": [
@@ -132,8 +138,14 @@ def test_modern_two_cells_discovered_through_cell_mappings(modern: Cloud) -> Non
             "long_running": [clouds.VM_GONE_FLAVOR],
             "sources": {"instance_extra": 2, "row": None, "system_metadata": 0},
             "conflicting_instances": [],
+            "differ_in": [],
+            "variants": [],
+            "revert_resize_instances": [],
+            "live_flavor": None,
             "at_risk": ["flavor show", "server list --flavor"],
             "recover": "recover flavor gold-large-1",
+            "note": None,
+            "recreate": None,
         }
     ]
     images = {i["id"]: i for i in data["images"]}
