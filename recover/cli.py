@@ -263,6 +263,14 @@ def write_options(func: Any) -> Any:
     help="Bring it back under its original ids with this name (when a live flavor took its "
     "name: nova's API cannot rename a flavor).",
 )
+@click.option(
+    "--drop-extra-spec",
+    "drop_specs",
+    metavar="KEY",
+    multiple=True,
+    help="Newton+: leave this extra spec out (repeatable), e.g. one of two keys that differ "
+    "only in case, which nova_api cannot hold together.",
+)
 @write_options
 @report_format
 @click.pass_obj
@@ -271,6 +279,7 @@ def flavor(
     flavor: str,
     from_instance: str | None,
     new_name: str | None,
+    drop_specs: tuple[str, ...],
     dry_run: bool,
     yes: bool,
     fmt: str,
@@ -300,7 +309,7 @@ def flavor(
     """
     from recover.flavors import plan_flavor
 
-    recovery = plan_flavor(app.settings, flavor, from_instance, new_name)
+    recovery = plan_flavor(app.settings, flavor, from_instance, new_name, drop_specs)
     try:
         for message in recovery.warnings:
             warn(message)

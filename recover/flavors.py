@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -592,12 +593,24 @@ def _colliding_keys(conn: Connection, table: Any, keys: list[str]) -> list[tuple
 
 
 def modern_plan(
-    nova: NovaCloud, candidate: Candidate, from_instance: str | None, new_name: str | None = None
+    nova: NovaCloud,
+    candidate: Candidate,
+    from_instance: str | None,
+    new_name: str | None = None,
+    drop_specs: tuple[str, ...] = (),
 ) -> Plan:
     api = nova.api
     assert api is not None
     definition, trusted = choose_definition(candidate, from_instance)
     name = new_name if new_name is not None else definition.name
+    has = [k for k, _ in definition.extra_specs]
+    unknown = [k for k in drop_specs if k not in has]
+    if unknown:
+        raise RefusedError(
+            f"flavor id {definition.id} has no extra spec {unknown[0]!r} to leave out",
+            hint=f"its extra specs: {', '.join(repr(k) for k in has) or 'none'}",
+        )
+    kept = tuple((k, v) for k, v in definition.extra_specs if k not in drop_specs)
     db = api.db
     flavors, specs, projects = (
         db.table(n) for n in ("flavors", "flavor_extra_specs", "flavor_projects")
@@ -613,7 +626,7 @@ def modern_plan(
             )
         ).all()
         next_spec, next_project = _next_id(conn, specs), _next_id(conn, projects)
-        collisions = _colliding_keys(conn, specs, [k for k, _ in definition.extra_specs])
+        collisions = _colliding_keys(conn, specs, [k for k, _ in kept])
     for clash in sorted(clashes, key=lambda c: c.id != definition.id):
         if clash.id == definition.id and clash.flavorid == definition.flavorid:
             raise ConcurrentChangeError(
@@ -638,10 +651,9 @@ def modern_plan(
             "which nova_api cannot hold together: flavor_extra_specs has a unique key on "
             "(flavor_id, key) and its collation compares the two as equal",
             hint=(
-                "nova itself could not have stored both there; to recover the flavor without "
-                f"one of them, `recover flavor id:{definition.id} --dry-run > flavor.sql`, delete "
-                "the INSERT of the key to drop, and run flavor.sql with the mariadb client (no "
-                f"journal: `openstack flavor delete {definition.flavorid}` takes it back)"
+                "nova itself could not have stored both there; recover the flavor without one "
+                f"of them, e.g. `recover flavor id:{definition.id} --drop-extra-spec "
+                f"{shlex.quote(first)}` (the instances keep both in their embedded copy)"
             ),
         )
     created = _parse_time(definition.created_at)
@@ -669,7 +681,7 @@ def modern_plan(
     if "description" in flavors.c:
         row["description"] = None
     changes = [RowChange("flavors", {"id": definition.id}, before=None, after=row)]
-    for offset, (key, value) in enumerate(definition.extra_specs):
+    for offset, (key, value) in enumerate(kept):
         spec = {"created_at": created, "updated_at": None, "id": next_spec + offset,
                 "flavor_id": definition.id, "key": key, "value": value}  # fmt: skip
         changes.append(RowChange("flavor_extra_specs", {"id": spec["id"]}, before=None, after=spec))
@@ -692,6 +704,11 @@ def modern_plan(
         )
     if new_name is not None:
         notes.append(_renamed_note(definition.name, name))
+    if drop_specs:
+        notes.append(
+            f"extra spec(s) {', '.join(repr(k) for k in drop_specs)} left out "
+            "(--drop-extra-spec): the instances keep them in their embedded copy"
+        )
     if not definition.is_public:
         for offset, project in enumerate(owners):
             access = {"created_at": created, "updated_at": None, "id": next_project + offset,
@@ -734,7 +751,11 @@ def _unreachable_error(nova: NovaCloud) -> RefusedError:
 
 
 def plan_flavor(
-    settings: Settings, token: str, from_instance: str | None, new_name: str | None = None
+    settings: Settings,
+    token: str,
+    from_instance: str | None,
+    new_name: str | None = None,
+    drop_specs: tuple[str, ...] = (),
 ) -> FlavorRecovery:
     if new_name is not None and (
         not new_name.strip() or "\x00" in new_name or len(new_name) > 255 or not _utf8(new_name)
@@ -747,14 +768,15 @@ def plan_flavor(
         finder = FlavorFinder(nova)
         candidate = finder.find(token)
         if finder.store == "cell":
-            if from_instance is not None:
+            if from_instance is not None or drop_specs:
+                option = "--from-instance" if from_instance is not None else "--drop-extra-spec"
                 raise RefusedError(
-                    "--from-instance applies to Newton+ clouds, where flavors are rebuilt from "
+                    f"{option} applies to Newton+ clouds, where flavors are rebuilt from "
                     "instances; this flavor has its own row to un-delete"
                 )
             plan = legacy_plan(candidate, new_name)
         else:
-            plan = modern_plan(nova, candidate, from_instance, new_name)
+            plan = modern_plan(nova, candidate, from_instance, new_name, drop_specs)
     except BaseException:
         nova.dispose()
         raise

@@ -105,12 +105,14 @@ class Variant:
             for f in fields
         }
 
-    def describe(self, fields: Sequence[str]) -> str:
-        shown = ", ".join(
+    def shown(self, fields: Sequence[str]) -> str:
+        return ", ".join(
             f"{k}={json.dumps(v, sort_keys=True) if isinstance(v, dict) else repr(v)}"
             for k, v in self.values(fields).items()
         )
-        return f"{self.count} instance(s) hold {shown} (e.g. {self.example})"
+
+    def describe(self, fields: Sequence[str]) -> str:
+        return f"{self.count} instance(s) hold {self.shown(fields)} (e.g. {self.example})"
 
 
 def variants(copies: dict[str, FlavorDef]) -> tuple[list[str], list[Variant]]:
@@ -156,8 +158,12 @@ class LiveFlavor:
         )  # fmt: skip
 
     def contradicted_by(self, copy: FlavorDef) -> list[str]:
-        """The identity fields in which an instance's copy says it is another flavor."""
-        return [f for f in IDENTITY_FIELDS if getattr(self, f) != getattr(copy, f)]
+        """Whether an instance's copy is of another flavor: its flavorid or name differ.
+
+        A copy with this flavorid and name but other sizes is this flavor with copies that
+        disagree (edited by hand, or recovered from another variant), not a reused id.
+        """
+        return [f for f in ("flavorid", "name") if getattr(self, f) != getattr(copy, f)]
 
     def may_not_hold(self, sizes: tuple[int, int, int, int], created_at: datetime | None) -> bool:
         """Whether an instance with these ``instances`` columns may embed another flavor.

@@ -193,7 +193,13 @@ def _table_lines(inventory: Inventory) -> list[str]:
         if f.variants:
             lines.extend(_wrap("copies differ in", f.differ_in))
             for n, variant in enumerate(f.variants, 1):
-                lines.extend(_wrap(f"variant {n}", [variant.describe(f.differ_in)]))
+                lines.append(
+                    f"    variant {n}: {variant.count} instance(s), e.g. {variant.example}"
+                )
+                lines.extend(textwrap.wrap(
+                    variant.shown(f.differ_in), width=WIDTH, initial_indent="      ",
+                    subsequent_indent="      ", break_on_hyphens=False,
+                ))  # fmt: skip
         if f.recover:
             lines.append(f"    recover: {f.recover}")
         elif f.note:
