@@ -310,7 +310,9 @@ def test_live_flavor_and_name_conflict_are_refused(legacy: Legacy, mariadb_serve
         for r in legacy.before_delete["instance_types"]
     ]
     assert [r for r in restored["instance_types"] if r[4] == 1] == expected
-    assert restored["instance_type_extra_specs"] == legacy.before_delete["instance_type_extra_specs"]
+    assert (
+        restored["instance_type_extra_specs"] == legacy.before_delete["instance_type_extra_specs"]
+    )
 
 
 def test_ambiguous_name_lists_candidates(legacy: Legacy) -> None:
