@@ -302,9 +302,12 @@ def test_instances_disagreeing_about_a_flavor_are_listed(modern: Cloud) -> None:
     cell1.dispose()
     flavor = inventory_json(modern)["flavors"][0]
     assert flavor["conflicting_instances"] == [clouds.VM_GONE_FLAVOR, other]
-    assert (
-        flavor["recover"] == f"recover flavor gold-large-1 --from-instance {clouds.VM_GONE_FLAVOR}"
-    )
+    # No instance is picked for the operator: the variants name one each (issue 10, item 8).
+    assert flavor["recover"] is None
+    assert flavor["variants"] == [
+        {"instances": 2, "example": clouds.VM_GONE_FLAVOR, "values": {"vcpus": 8}},
+        {"instances": 1, "example": other, "values": {"vcpus": 16}},
+    ]
 
 
 def test_unreachable_cell_gives_partial_report_and_exit_1(modern: Cloud, make_db: MakeDb) -> None:
