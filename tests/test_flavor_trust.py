@@ -452,3 +452,68 @@ def test_recover_flavor_with_an_unreachable_cell_says_how_to_proceed(
     dry = run([*reachable, *modern.args("flavor", "gold-large-1", "--dry-run")])
     assert dry.exit_code == 0, dry.stderr
     assert dry.stdout.startswith("-- recover flavor gold-large-1 (id 2, gold.large)\n")
+
+
+def test_modern_name_taken_comes_back_under_its_ids_with_another_name(
+    modern: Cloud, mariadb_server: Any
+) -> None:
+    api = open_database(str(modern.api_url), "api")
+    with api.engine.begin() as conn:
+        taken_by = create_api_flavor(conn, api, Flavor(
+            name="gold.large", flavorid="gold-large-2", memory_mb=1, vcpus=1, root_gb=1,
+        ))  # fmt: skip
+    api.dispose()
+    before = checksums(mariadb_server)
+    clash = run(modern.args("flavor", "gold-large-1", "--yes"))
+    assert (clash.exit_code, clash.stderr) == (
+        1,
+        f"Error: a live flavor already has name 'gold.large' (id {taken_by}); names are unique "
+        "and nova's API cannot rename a flavor: recover this one under its ids with another "
+        "name, `recover flavor id:2 --new-name NAME`, or delete the live one first if no "
+        "instance uses it\n",
+    )
+    assert checksums(mariadb_server) == before
+    done = run(modern.args("flavor", "id:2", "--new-name", "gold.large-2019", "--yes"))
+    assert done.exit_code == 0, done.stderr
+    assert (
+        done.stdout.splitlines()[0] == "Done: recover flavor gold-large-1 (id 2, gold.large-2019)"
+    )
+    flavors = dump_rows(str(modern.api_url))["flavors"]
+    assert [(r[2], r[3], r[8]) for r in flavors if r[3] == 2] == [
+        ("gold.large-2019", 2, "gold-large-1")
+    ]
+    assert [f["id"] for f in inventory(modern)["flavors"]] == []
+    bad = run(modern.args("flavor", "id:2", "--new-name", " ", "--dry-run"))
+    assert bad.stderr == "Error: --new-name ' ' is not a flavor name nova accepts\n"
+
+
+def test_legacy_old_flavor_of_a_resized_instance(make_db: MakeDb, tmp_path: Path) -> None:
+    """Mitaka: the old flavor's row is soft-deleted; revert-resize would need it."""
+    nova_url = make_db(clouds.LEGACY_NOVA, "r_nova")
+    glance_url = make_db(clouds.LEGACY_GLANCE, "r_glance")
+    nova = open_database(nova_url, "nova")
+    with nova.engine.begin() as conn:
+        small = create_legacy_flavor(conn, nova, clouds.SMALL)
+        old = create_legacy_flavor(conn, nova, OLD)
+        create_instance(conn, nova, Instance(
+            uuid=VM_RESIZED, flavor=OLD, flavor_id=old, image_ref="", host="compute-2",
+            launched_at=datetime(2020, 1, 1), flavor_version="1.1",
+        ))  # fmt: skip
+        finish_resize(conn, nova, VM_RESIZED, (OLD, old), (clouds.SMALL, small))
+        conn.execute(
+            text("UPDATE instance_types SET deleted = id, deleted_at = :at WHERE id = :id"),
+            {"at": datetime(2021, 1, 1), "id": old},
+        )
+    nova.dispose()
+    cloud = Cloud(api_url=None, cell_urls={"r_nova": nova_url}, glance_url=glance_url,
+                  store=tmp_path)  # fmt: skip
+    (flavor,) = inventory(cloud)["flavors"]
+    assert (flavor["id"], flavor["state"], flavor["instances"]) == (old, "soft-deleted", [])
+    assert (flavor["revert_resize_instances"], flavor["at_risk"]) == (
+        [VM_RESIZED],
+        ["revert-resize"],
+    )
+    assert flavor["recover"] == "recover flavor old-1"
+    done = run(cloud.args("flavor", "old-1", "--yes"))
+    assert done.exit_code == 0, done.stderr
+    assert inventory(cloud)["flavors"] == []
