@@ -167,8 +167,9 @@ def inventory(app: AppContext, fmt: str, fail_on_orphans: bool) -> None:
     """List live instances whose flavor or image is deleted. Read-only.
 
     Scans every cell: flavors that are soft-deleted, archived into shadow_*
-    tables or gone; images that are deleted, pending_delete, killed or purged,
-    including the snapshots of shelved-offloaded instances. For each orphan:
+    tables or gone, whose internal id a new flavor took (id-reused), or that
+    revert-resize would give back; images that are deleted, pending_delete,
+    killed or purged, including the snapshots of shelved-offloaded instances. For each orphan:
     the instances, their compute hosts, the _base file name, and the command
     that recovers it.
 
