@@ -290,43 +290,54 @@ class FlavorFinder:
     def _reused(self, kind: str | None, value: str) -> list[Candidate]:
         """Flavors whose internal id a live flavor took, that live instances still embed."""
         by_key: dict[tuple[int, str], Candidate] = {}
+        referenced: dict[str, set[int]] = {}
+        reverts: dict[str, dict[int, dict[str, tuple[FlavorDef, str | None]]]] = {}
+        for cell in self.nova.cells:
+            with cell.connect() as conn:
+                referenced[cell.name] = cell.referenced_flavor_ids(conn)
+                reverts[cell.name] = self._revert_copies(cell, conn)
         api_live: dict[int, LiveFlavor] = {}
         if self.store == "api" and self.nova.api is not None:
-            ids: set[int] = set()
-            for cell in self.nova.cells:
-                with cell.connect() as conn:
-                    ids |= cell.referenced_flavor_ids(conn)
+            wanted = set().union(*referenced.values(), *(set(r) for r in reverts.values()))
             with self.nova.api.db.engine.connect() as conn:
-                api_live = self.nova.api.live_flavors(conn, ids)
+                api_live = self.nova.api.live_flavors(conn, wanted)
         for cell in self.nova.cells:
             with cell.connect() as conn:
                 if self.store == "api":
                     live = api_live
                 else:
-                    rows = cell.legacy_flavor_rows(conn, cell.referenced_flavor_ids(conn))
+                    ids = referenced[cell.name] | set(reverts[cell.name])
                     live = {
                         i: LiveFlavor.from_row(r)
-                        for i, (t, r) in rows.items()
+                        for i, (t, r) in cell.legacy_flavor_rows(conn, ids).items()
                         if t == "instance_types" and r.deleted == 0
                     }
-                blobs = cell.reuse_suspect_blobs(conn, live)
-            for uuid, flavor_id, project, text in blobs:
-                try:
-                    blob = parse_flavor_blob(text)
-                except FlavorBlobError:
+                current = {i: f for i, f in live.items() if i in referenced[cell.name]}
+                found: list[tuple[str, str | None, FlavorDef, bool]] = []
+                for uuid, flavor_id, project, text in cell.reuse_suspect_blobs(conn, current):
+                    try:
+                        blob = parse_flavor_blob(text)
+                    except FlavorBlobError:
+                        continue
+                    copy = next((d for d in blob.values() if d and d.id == flavor_id), None)
+                    if copy is not None:
+                        found.append((uuid, project, copy, False))
+            for copies in reverts[cell.name].values():
+                found += [(u, project, old, True) for u, (old, project) in copies.items()]
+            for uuid, project, copy, revert in found:
+                row = live.get(copy.id)
+                if row is None or not row.contradicted_by(copy):
                     continue
-                copy = next((d for d in blob.values() if d and d.id == flavor_id), None)
-                if copy is None or not live[flavor_id].contradicted_by(copy):
-                    continue
-                key = (flavor_id, copy.flavorid)
+                key = (copy.id, copy.flavorid)
                 candidate = by_key.get(key)
                 if candidate is None:
                     candidate = by_key[key] = Candidate(
-                        id=flavor_id, flavorid=copy.flavorid, name=copy.name, cell=cell,
-                        live=live[flavor_id],
+                        id=copy.id, flavorid=copy.flavorid, name=copy.name, cell=cell, live=row,
                     )  # fmt: skip
-                candidate.definitions[uuid] = copy
+                candidate.definitions.setdefault(uuid, copy)
                 candidate.users[uuid] = project
+                if revert:
+                    candidate.revert.add(uuid)
         return [
             c
             for c in by_key.values()

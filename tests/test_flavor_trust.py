@@ -517,3 +517,25 @@ def test_legacy_old_flavor_of_a_resized_instance(make_db: MakeDb, tmp_path: Path
     done = run(cloud.args("flavor", "old-1", "--yes"))
     assert done.exit_code == 0, done.stderr
     assert inventory(cloud)["flavors"] == []
+
+
+def test_resized_off_a_flavor_whose_id_was_taken(modern: Cloud) -> None:
+    """revert-resize would give back gold.large, whose id 2 a live flavor holds now."""
+    cell1 = cell(modern, "cell1")
+    with cell1.engine.begin() as conn:
+        create_instance(conn, cell1, Instance(
+            uuid=VM_RESIZED, flavor=clouds.GOLD, flavor_id=2, image_ref=clouds.LIVE_IMAGE,
+            host="compute-1", launched_at=datetime(2020, 1, 1),
+        ))  # fmt: skip
+        finish_resize(conn, cell1, VM_RESIZED, (clouds.GOLD, 2), (clouds.SMALL, 1))
+    cell1.dispose()
+    _take_id_2(modern)
+    (flavor,) = inventory(modern)["flavors"]
+    assert (flavor["state"], flavor["revert_resize_instances"], flavor["at_risk"]) == (
+        "id-reused",
+        [VM_RESIZED],
+        ["flavor show", "server list --flavor", "revert-resize"],
+    )
+    result = run(modern.args("flavor", "gold-large-1", "--dry-run"))
+    assert result.exit_code == 1
+    assert "took that id after the deletion; 3 live instance(s) still embed" in result.stderr
