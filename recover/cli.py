@@ -187,8 +187,9 @@ def inventory(app: AppContext, fmt: str, fail_on_orphans: bool) -> None:
     """List live instances whose flavor or image is deleted. Read-only.
 
     Scans every cell: flavors that are soft-deleted, archived into shadow_*
-    tables or gone; images that are deleted, pending_delete, killed or purged,
-    including the snapshots of shelved-offloaded instances. For each orphan:
+    tables or gone, whose internal id a new flavor took (id-reused), or that
+    revert-resize would give back; images that are deleted, pending_delete,
+    killed or purged, including the snapshots of shelved-offloaded instances. For each orphan:
     the instances, their compute hosts, the _base file name, and the command
     that recovers it.
 
@@ -308,11 +309,32 @@ def write_options(func: Any) -> Any:
     metavar="UUID",
     help="Newton+: the instance whose embedded flavor to trust when instances disagree.",
 )
+@click.option(
+    "--new-name",
+    metavar="NAME",
+    help="Bring it back under its original ids with this name (when a live flavor took its "
+    "name: nova's API cannot rename a flavor).",
+)
+@click.option(
+    "--drop-extra-spec",
+    "drop_specs",
+    metavar="KEY",
+    multiple=True,
+    help="Newton+: leave this extra spec out (repeatable), e.g. one of two keys that differ "
+    "only in case, which nova_api cannot hold together.",
+)
 @write_options
 @report_format
 @click.pass_obj
 def flavor(
-    app: AppContext, flavor: str, from_instance: str | None, dry_run: bool, yes: bool, fmt: str
+    app: AppContext,
+    flavor: str,
+    from_instance: str | None,
+    new_name: str | None,
+    drop_specs: tuple[str, ...],
+    dry_run: bool,
+    yes: bool,
+    fmt: str,
 ) -> None:
     """Bring a deleted flavor back with its original internal id and flavorid.
 
@@ -321,17 +343,21 @@ def flavor(
     name:m1.small when they clash. Pre-Newton clouds: un-deletes the
     instance_types row and the extra specs and projects deleted with it (or
     moves it back from shadow_instance_types). Newton+: re-inserts it into
-    nova_api from the live instances' instance_extra.flavor.
+    nova_api from the live instances' instance_extra.flavor (and from the old
+    flavor of resized instances, which revert-resize gives back).
 
     Refuses, changing nothing, when the flavor is live, when a live flavor
-    has its name or flavorid, or when no source is left. Every run writes a
-    journal first ($RECOVER_STATE_DIR, default ~/.local/state/recover/journal).
+    has its name (--new-name) or flavorid or took its internal id, when the
+    instances' copies disagree (--from-instance), when a cell cannot be read,
+    or when no source is left. Every run writes a journal first
+    ($RECOVER_STATE_DIR, default ~/.local/state/recover/journal).
 
     \b
     Examples:
       recover --config /etc/recover.ini flavor m1.legacy --dry-run
       recover --config /etc/recover.ini flavor 7 --yes
       recover --config /etc/recover.ini flavor gold.large --from-instance 1b2c...
+      recover --config /etc/recover.ini flavor id:7 --new-name m1.legacy-old --yes
     """
     from recover.flavors import plan_flavor
 
@@ -339,7 +365,7 @@ def flavor(
         # Nova writes instance uuids in lower case (uuidutils.generate_uuid); clients copy
         # them in any case.
         from_instance = from_instance.strip().lower()
-    recovery = plan_flavor(app.settings, flavor, from_instance)
+    recovery = plan_flavor(app.settings, flavor, from_instance, new_name, drop_specs)
     try:
         for message in recovery.warnings:
             warn(message)

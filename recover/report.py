@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Any
 
 from recover.inventory import (
-    FLAVOR_RISKS,
     AffectedInstance,
     FlavorOrphan,
     ImageOrphan,
@@ -36,7 +35,7 @@ def flavor_dict(orphan: FlavorOrphan) -> dict[str, Any]:
         "state": orphan.state,
         "deleted_at": _ts(orphan.deleted_at),
         "instances": [i.uuid for i in orphan.instances],
-        "cells": sorted({i.cell for i in orphan.instances}),
+        "cells": sorted({i.cell for i in (*orphan.instances, *orphan.revert_instances)}),
         "long_running": sorted(i.uuid for i in orphan.instances if i.long_running),
         "sources": {
             "row": orphan.row_table,
@@ -44,9 +43,22 @@ def flavor_dict(orphan: FlavorOrphan) -> dict[str, Any]:
             "system_metadata": orphan.definitions_from_system_metadata,
         },
         "conflicting_instances": orphan.conflicting_instances,
-        "at_risk": list(FLAVOR_RISKS),
+        "differ_in": orphan.differ_in if orphan.variants else [],
+        "variants": [
+            {"instances": v.count, "example": v.example, "values": v.values(orphan.differ_in)}
+            for v in orphan.variants
+        ],
+        "revert_resize_instances": [i.uuid for i in orphan.revert_instances],
+        "live_flavor": (
+            {"id": orphan.live.id, "flavorid": orphan.live.flavorid, "name": orphan.live.name}
+            if orphan.live is not None
+            else None
+        ),
+        "at_risk": orphan.at_risk,
         "recover": orphan.recover,
         "never_ran": [i.uuid for i in orphan.never_ran],
+        "note": orphan.note,
+        "recreate": orphan.recreate,
     }
 
 
@@ -131,6 +143,8 @@ def render_csv(inventory: Inventory) -> str:
 
     for f in inventory.flavors:
         rows("flavor", str(f.id), f.name, f.state, f.recover, f.instances)
+        rows("flavor", str(f.id), f.name, f"{f.state} (revert-resize)", f.recover,
+             f.revert_instances)  # fmt: skip
     for i in inventory.images:
         rows("image", i.id, i.name, i.status, i.recover, i.instances)
     return out.getvalue()
@@ -166,7 +180,17 @@ def _table_lines(inventory: Inventory) -> list[str]:
     for f in inventory.flavors:
         head = f"  flavor {f.id}  flavorid {f.flavorid or '?'}  {f.name or '(name unknown)'}"
         lines.append(f"{head}  [{f.state}]")
-        lines.extend(_instances_line(f.instances))
+        if f.live is not None:
+            lines.extend(_wrap("id now held by", [
+                f"live flavor {f.live.id} flavorid {f.live.flavorid} {f.live.name}"
+            ]))  # fmt: skip
+        if f.instances or not f.revert_instances:
+            lines.extend(_instances_line(f.instances))
+        if f.revert_instances:
+            lines.extend(_wrap(
+                f"back on revert-resize ({len(f.revert_instances)})",
+                [i.uuid for i in f.revert_instances],
+            ))  # fmt: skip
         sources = []
         if f.row_table:
             sources.append(f"{f.row_table} row")
@@ -175,10 +199,28 @@ def _table_lines(inventory: Inventory) -> list[str]:
         if f.definitions_from_system_metadata:
             sources.append(f"system_metadata of {f.definitions_from_system_metadata}")
         lines.extend(_wrap("definition from", sources or ["nothing found"]))
-        if f.conflicting_instances:
-            lines.extend(_wrap("definitions differ in", f.conflicting_instances))
+        if f.variants:
+            lines.extend(_wrap("copies differ in", f.differ_in))
+            for n, variant in enumerate(f.variants, 1):
+                lines.append(
+                    f"    variant {n}: {variant.count} instance(s), e.g. {variant.example}"
+                )
+                lines.extend(textwrap.wrap(
+                    variant.shown(f.differ_in), width=WIDTH, initial_indent="      ",
+                    subsequent_indent="      ", break_on_hyphens=False,
+                ))  # fmt: skip
         lines.extend(_never_ran_line(f.never_ran))
-        lines.append(f"    recover: {f.recover}" if f.recover else "    recover: no source left")
+        if f.recover:
+            lines.append(f"    recover: {f.recover}")
+        elif f.note:
+            lines.extend(textwrap.wrap(
+                f"recover: no ({f.note})", width=WIDTH, initial_indent="    ",
+                subsequent_indent="      ", break_on_hyphens=False,
+            ))  # fmt: skip
+        else:
+            lines.append("    recover: no source left")
+        if f.recreate:
+            lines.append(f"    recreate: {f.recreate}")  # one line: copy-pasteable
     lines.append("")
     lines.append(f"Deleted images still used by live instances: {len(inventory.images)}")
     for i in inventory.images:
@@ -202,7 +244,7 @@ def _table_lines(inventory: Inventory) -> list[str]:
     lines.extend(_never_ran_section(inventory))
     scanned = ", ".join(f"{c.name}" + ("" if c.ok else " (UNREACHABLE)") for c in inventory.cells)
     lines.extend(textwrap.wrap(f"Cells: {scanned}", width=WIDTH, subsequent_indent="  "))
-    affected = {a.uuid for f in inventory.flavors for a in f.instances}
+    affected = {a.uuid for f in inventory.flavors for a in (*f.instances, *f.revert_instances)}
     affected |= {a.uuid for i in inventory.images for a in i.instances}
     never_ran = {a.uuid for f in inventory.flavors for a in f.never_ran}
     never_ran |= {a.uuid for f in inventory.never_ran_flavors for a in f.never_ran}

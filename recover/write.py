@@ -18,7 +18,15 @@ from recover.db.engine import Database, open_database
 from recover.errors import ConfigError, RecoverError, RefusedError
 from recover.images.digest import hash_file
 from recover.images.store import is_store_file
-from recover.plan import Plan, apply, lock_and_check, render_sql, verify
+from recover.plan import (
+    Plan,
+    apply,
+    blocking_references,
+    lock_and_check,
+    referenced_error,
+    render_sql,
+    verify,
+)
 from recover.text import printable
 
 
@@ -174,6 +182,13 @@ def plan_undo(settings: Settings, path: Path) -> Plan:
             else:
                 inverse.changes = []  # only files it may have placed are left to remove
     inverse.notes = [f"reverse {path.name} ({document.get('command', '?')})"]
+    if inverse.changes:
+        # Rows added since (an extra spec set on the recovered flavor) make the delete fail
+        # on every run: say so now, for --dry-run too, rather than at COMMIT as a "race".
+        with db.engine.connect() as conn:
+            blockers = blocking_references(conn, inverse)
+        if blockers:
+            raise referenced_error(inverse, blockers)
     return inverse
 
 

@@ -81,9 +81,15 @@ def test_incident_on_legacy_nova_and_glance(legacy: Cloud) -> None:
                 "long_running": victims,
                 "sources": {"instance_extra": 2, "row": "instance_types", "system_metadata": 0},
                 "conflicting_instances": [],
+                "differ_in": [],
+                "variants": [],
+                "revert_resize_instances": [],
+                "live_flavor": None,
                 "at_risk": ["flavor show", "server list --flavor"],
                 "recover": "recover flavor 7",
                 "never_ran": [],
+                "note": None,
+                "recreate": None,
             }
         ],
         "images": [
@@ -137,9 +143,15 @@ def test_modern_two_cells_discovered_through_cell_mappings(modern: Cloud) -> Non
             "long_running": [clouds.VM_GONE_FLAVOR],
             "sources": {"instance_extra": 2, "row": None, "system_metadata": 0},
             "conflicting_instances": [],
+            "differ_in": [],
+            "variants": [],
+            "revert_resize_instances": [],
+            "live_flavor": None,
             "at_risk": ["flavor show", "server list --flavor"],
             "recover": "recover flavor gold-large-1",
             "never_ran": [],
+            "note": None,
+            "recreate": None,
         }
     ]
     images = {i["id"]: i for i in data["images"]}
@@ -296,9 +308,12 @@ def test_instances_disagreeing_about_a_flavor_are_listed(modern: Cloud) -> None:
     cell1.dispose()
     flavor = inventory_json(modern)["flavors"][0]
     assert flavor["conflicting_instances"] == [clouds.VM_GONE_FLAVOR, other]
-    assert (
-        flavor["recover"] == f"recover flavor gold-large-1 --from-instance {clouds.VM_GONE_FLAVOR}"
-    )
+    # No instance is picked for the operator: the variants name one each (issue 10, item 8).
+    assert flavor["recover"] is None
+    assert flavor["variants"] == [
+        {"instances": 2, "example": clouds.VM_GONE_FLAVOR, "values": {"vcpus": 8}},
+        {"instances": 1, "example": other, "values": {"vcpus": 16}},
+    ]
 
 
 def test_unreachable_cell_gives_partial_report_and_exit_1(modern: Cloud, make_db: MakeDb) -> None:
