@@ -168,7 +168,10 @@ def base_env(root: Path) -> dict[str, str]:
         tripwire.chmod(0o755)
     for name in ("home", "tmp", "state", "outside"):
         (root / name).mkdir(exist_ok=True)
+    # PYTHONPATH passes through: a worktree's env.sh points it at the code under test.
+    kept = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
     return {
+        **kept,
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(root / "home"),
         "TMPDIR": str(root / "tmp"),

@@ -71,8 +71,9 @@ def test_incident_image_rebuilt_from_base_file_as_qcow2(
     assert (md5, sha, size) == scenario.original
     placed = scenario.store / SNAPSHOT
     assert placed.stat().st_mode & 0o777 == 0o640  # like the store's other file
+    # Only the image file is new: the lock file went with the run (PRODUCT.md, safety model).
     assert store_listing(scenario.store) == sorted(
-        [SNAPSHOT, "6e2d4b1a-8c3f-4e5d-9a7b-1f0c2e3d4a5b", f".recover-lock-{SNAPSHOT}"]
+        [SNAPSHOT, "6e2d4b1a-8c3f-4e5d-9a7b-1f0c2e3d4a5b"]
     )
     assert "Done: recover image" in result.stdout
 
@@ -269,11 +270,29 @@ def test_database_error_at_commit_removes_the_placed_file(
         assert result.exit_code == 1
         assert "injected failure" in result.stderr and len(result.stderr.splitlines()) == 1
         assert mariadb_server.checksum("i_glance") == before
-        assert store_listing(scenario.store) == sorted([*listing, f".recover-lock-{SNAPSHOT}"])
+        assert store_listing(scenario.store) == listing
         (journal,) = (tmp_path / "state" / "journal").glob("*-image-*.json")
         assert json.loads(journal.read_text())["status"] == "rolled-back"
     finally:
         mariadb_server.query("DROP TRIGGER i_glance.no_tags")
+
+
+def test_a_refusal_under_the_lock_leaves_the_store_as_it_was(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any
+) -> None:
+    """Refused after the bytes were made (the store's file is someone else's): no staged file
+    and no lock file stay behind."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    squatter = scenario.store / SNAPSHOT
+    squatter.write_bytes(b"not this image")
+    before, listing = mariadb_server.checksum("i_glance"), store_listing(scenario.store)
+    result = run(scenario.args("image", SNAPSHOT, "--base-file", str(scenario.base), "--yes"))
+    assert (result.exit_code, result.stderr) == (1, (
+        f"Error: {squatter} already exists with other content (md5 {digests(squatter)[0]}); "
+        "move it away if it is not this image, then re-run\n"
+    ))  # fmt: skip
+    assert mariadb_server.checksum("i_glance") == before
+    assert store_listing(scenario.store) == listing
 
 
 @pytest.fixture
@@ -312,7 +331,7 @@ def test_full_store_changes_nothing(
         result.stderr
     )
     assert mariadb_server.checksum("i_glance") == before
-    assert store_listing(store) == [f".recover-lock-{SNAPSHOT}"]
+    assert store_listing(store) == []
 
 
 def test_read_only_store_changes_nothing(
