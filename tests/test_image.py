@@ -185,7 +185,12 @@ def test_iso_row_needs_disk_format_raw(
     make_db: MakeDb, tmp_path: Path, mariadb_server: Any
 ) -> None:
     scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
-    mariadb_server.query(f"UPDATE i_glance.images SET disk_format = 'iso' WHERE id = '{SNAPSHOT}'")
+    # An iso upload is raw data, kept byte for byte in _base: its row has the _base's hashes.
+    md5, sha, size = digests(scenario.base)
+    mariadb_server.query(
+        f"UPDATE i_glance.images SET disk_format = 'iso', checksum = '{md5}', size = {size}, "
+        f"os_hash_value = '{sha}' WHERE id = '{SNAPSHOT}'"
+    )
     refused = run(scenario.args("image", SNAPSHOT, "--base-file", str(scenario.base), "--yes"))
     assert refused.exit_code == 1
     assert refused.stderr == (
@@ -207,7 +212,11 @@ def test_iso_row_needs_disk_format_raw(
         ("missing", "--base-file {base}.nope does not exist or is not a regular file"),
         ("part", "{base}.part is a file nova is still writing; use the finished _base file"),
         ("backing", "{base}.overlay on local has a backing file"),
-        ("small", "is 1048576 bytes, smaller than the image needs"),
+        (
+            "small",
+            "{base}.small on local has a virtual size of 1048576 bytes, but image "
+            f"{SNAPSHOT} had 67108864 (its row's virtual_size): a partial copy",
+        ),
         ("truncated", "qemu-img info failed: "),
     ],
 )
@@ -230,7 +239,6 @@ def test_bad_sources_change_nothing(
         subprocess.run(
             ["qemu-img", "create", "-f", "raw", str(source), "1M"], check=True, capture_output=True
         )
-        mariadb_server.query(f"UPDATE i_glance.images SET min_disk = 1 WHERE id = '{SNAPSHOT}'")
     elif prepare == "truncated":
         subprocess.run(
             ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(base), str(source)], check=True
@@ -244,6 +252,134 @@ def test_bad_sources_change_nothing(
     assert message.format(base=base) in result.stderr, result.stderr
     assert mariadb_server.checksum("i_glance") == before
     assert store_listing(scenario.store) == listing
+
+
+def partial_copy(base: Path, size: int) -> Path:
+    """The first ``size`` bytes of ``base``: what ``scp`` has written so far (``head -c``)."""
+    partial = base.with_name(f"{base.name}.scp-in-progress")
+    with open(base, "rb") as source, open(partial, "wb") as target:
+        target.write(source.read(size))
+    return partial
+
+
+NEW_BYTES_HINT = (
+    "use a complete copy of the _base file; --accept-new-bytes stores these bytes anyway, "
+    "reported as NEW data"
+)
+
+
+@pytest.mark.parametrize("virtual_size", ["known", "null"])
+def test_partial_copy_of_a_raw_images_base_is_refused(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any, virtual_size: str
+) -> None:
+    """A raw upload's virtual size is its size: 40 of its 64 MiB is refused before any copy."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, disk_format="raw")
+    basis = "its row's virtual_size"
+    if virtual_size == "null":
+        mariadb_server.query(
+            f"UPDATE i_glance.images SET virtual_size = NULL WHERE id = '{SNAPSHOT}'"
+        )
+        basis = "the size of its raw upload"
+    partial = partial_copy(scenario.base, 40 << 20)
+    before, listing = mariadb_server.checksum("i_glance"), store_listing(scenario.store)
+    for extra in (["--dry-run"], ["--yes"]):
+        result = run(scenario.args("image", SNAPSHOT, "--base-file", str(partial), *extra))
+        assert (result.exit_code, result.stdout) == (1, "")
+        assert result.stderr == (
+            f"Error: {partial} on local has a virtual size of 41943040 bytes, but image {SNAPSHOT} "
+            f"had 67108864 ({basis}): a partial copy (an scp or a download still running?), not "
+            f"this image's data; {NEW_BYTES_HINT}\n"
+        )
+    assert mariadb_server.checksum("i_glance") == before
+    assert store_listing(scenario.store) == listing
+    assert not (tmp_path / "state" / "journal").exists()
+
+
+def test_raw_base_with_other_bytes_is_refused_naming_both_checksums(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any
+) -> None:
+    """Same size, one byte changed: only the md5 of the bytes made tells; nothing is placed."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, disk_format="raw")
+    damaged = partial_copy(scenario.base, 64 << 20)
+    with open(damaged, "r+b") as handle:
+        handle.seek(17 << 20)
+        handle.write(b"\0")
+    md5 = digests(damaged)[0]
+    before, listing = mariadb_server.checksum("i_glance"), store_listing(scenario.store)
+    result = run(scenario.args("image", SNAPSHOT, "--base-file", str(damaged), "--yes"))
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"Error: the bytes from {damaged} on local are not image {SNAPSHOT}'s raw upload (md5 "
+        f"{md5} where the row says {scenario.original[0]}): nova keeps a raw upload byte for "
+        f"byte in _base, so this copy is partial or damaged; {NEW_BYTES_HINT}\n"
+    )
+    assert mariadb_server.checksum("i_glance") == before
+    assert store_listing(scenario.store) == listing
+    assert not (tmp_path / "state" / "journal").exists()
+
+
+def test_accept_new_bytes_stores_them_and_says_so_loudly(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any
+) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, disk_format="raw")
+    partial = partial_copy(scenario.base, 40 << 20)
+    md5, sha, size = digests(partial)
+    old_md5, _, old_size = scenario.original
+    refusals = [
+        f"{partial} on local has a virtual size of 41943040 bytes, but image {SNAPSHOT} had "
+        "67108864 (its row's virtual_size): a partial copy (an scp or a download still "
+        "running?), not this image's data",
+        f"the bytes from {partial} on local are not image {SNAPSHOT}'s raw upload (size {size} "
+        f"bytes where the row says {old_size}; md5 {md5} where the row says {old_md5}): nova "
+        "keeps a raw upload byte for byte in _base, so this copy is partial or damaged",
+    ]
+    warnings = [f"WARNING: NEW BYTES accepted (--accept-new-bytes): {r}" for r in refusals]
+    dry = run(scenario.args("image", SNAPSHOT, "--base-file", str(partial), "--accept-new-bytes",
+                            "--dry-run"))  # fmt: skip
+    assert dry.exit_code == 0, dry.stderr
+    assert f"-- {warnings[0]}\n" in dry.stdout  # the md5 is known only once the bytes exist
+    result = run(scenario.args("image", SNAPSHOT, "--base-file", str(partial), "--accept-new-bytes",
+                               "--yes", "--format", "json"))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == "".join(
+        f"Warning: NEW BYTES stored (--accept-new-bytes), not the original upload: {r}\n"
+        for r in refusals
+    )
+    report = json.loads(result.stdout)
+    assert report["bytes"] == {
+        "identical": False,
+        "new_bytes_accepted": True,
+        "overridden": refusals,
+        "original": {"checksum": old_md5, "size": old_size, "virtual_size": 64 << 20},
+        "new": {"checksum": md5, "size": size, "virtual_size": 40 << 20},
+    }
+    assert report["notes"][-3:] == [
+        f"the new file's bytes are NEW, not the original upload's: md5 {md5} (was {old_md5}), "
+        f"size {size} (was {old_size})",
+        *warnings,
+    ]
+    row = scenario.row()
+    assert (row["checksum"], row["size"], row["virtual_size"], row["os_hash_value"]) == (
+        md5, size, 40 << 20, sha,
+    )  # fmt: skip
+    (journal,) = (tmp_path / "state" / "journal").glob("*-image-*.json")
+    assert json.loads(journal.read_text())["notes"][-2:] == warnings
+    table = run(scenario.args("verify", SNAPSHOT))
+    assert table.exit_code == 0, table.stdout  # the row now describes the bytes it has
+
+
+def test_min_disk_is_no_lower_bound_on_the_image(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any
+) -> None:
+    """min_disk=1 (GiB) is the root disk a flavor needs; the image is 64 MiB: it comes back."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    mariadb_server.query(f"UPDATE i_glance.images SET min_disk = 1 WHERE id = '{SNAPSHOT}'")
+    result = run(scenario.args("image", SNAPSHOT, "--base-file", str(scenario.base), "--yes",
+                               "--format", "json"))  # fmt: skip
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert assert_recovered(scenario) == scenario.original
+    assert scenario.row()["min_disk"] == 1
+    assert json.loads(result.stdout)["bytes"]["identical"] is True
 
 
 def test_no_source_is_refused_with_the_choices(make_db: MakeDb, tmp_path: Path) -> None:
