@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, insert, select, update
+from sqlalchemy import Table, and_, delete, insert, literal_column, select, update
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.sql import ClauseElement
@@ -40,6 +40,24 @@ _CONCURRENT = {1205: "lock wait timeout", 1213: "deadlock"}
 
 class ConcurrentChangeError(RefusedError):
     """Another session changed or locked the rows between planning and applying."""
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A value that exists only once the run has done its work (the checksum of a file it
+    writes), in a dry-run's plan.
+
+    Rendered as ``<name>``: a syntax error for the mariadb/mysql client and for sqlite3, so a
+    dry-run replayed by hand stops there, its transaction never committed, instead of writing
+    a stale value. (``:name`` would not do: sqlite3 binds an unset parameter as NULL.)
+    :func:`apply` refuses a plan that still holds one.
+    """
+
+    name: str
+
+    @property
+    def sql(self) -> str:
+        return f"<{self.name}>"
 
 
 @dataclass(frozen=True)
@@ -128,13 +146,27 @@ def _where_key(table: Table, key: Row) -> Any:
     return and_(*(table.c[k] == v for k, v in key.items()))
 
 
+def _values(row: Row) -> Row:
+    return {k: literal_column(v.sql) if isinstance(v, Pending) else v for k, v in row.items()}
+
+
+def pending(plan: Plan) -> list[str]:
+    """The names of the placeholders the plan still holds, in order."""
+    names: list[str] = []
+    for change in plan.changes:
+        for value in (change.after or {}).values():
+            if isinstance(value, Pending) and value.name not in names:
+                names.append(value.name)
+    return names
+
+
 def statements(plan: Plan) -> Iterator[tuple[RowChange, ClauseElement]]:
     """The DML of the plan, in order."""
     for change in plan.changes:
         table = plan.db.table(change.table)
         if change.action == "insert":
             assert change.after is not None
-            yield change, insert(table).values(**change.after)
+            yield change, insert(table).values(**_values(change.after))
         elif change.action == "delete":
             yield change, delete(table).where(_where_key(table, change.key))
         else:
@@ -142,7 +174,7 @@ def statements(plan: Plan) -> Iterator[tuple[RowChange, ClauseElement]]:
                 change,
                 update(table)
                 .where(_where_key(table, change.key))
-                .values(**change.changed_columns()),
+                .values(**_values(change.changed_columns())),
             )
 
 
@@ -225,6 +257,8 @@ def apply(plan: Plan, before_commit: Callable[[], None] = lambda: None) -> None:
     waits on the winner's row locks and then finds them changed, or gets a
     duplicate key or deadlock from the server; each becomes one clear refusal.
     """
+    if pending(plan):  # a dry-run's plan: its placeholders are not values
+        raise RecoverError(f"{plan.title}: the plan still holds {', '.join(pending(plan))}")
     try:
         with plan.db.engine.begin() as conn:
             lock_and_check(conn, plan)

@@ -382,6 +382,41 @@ def test_min_disk_is_no_lower_bound_on_the_image(
     assert json.loads(result.stdout)["bytes"]["identical"] is True
 
 
+def test_dry_run_sql_of_a_rebuild_cannot_be_replayed(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any
+) -> None:
+    """The new file's hashes and sizes do not exist in a dry-run: placeholders, so the mariadb
+    client stops at them and nothing changes (the old values would make the image active with a
+    stale checksum and no file)."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, disk_format="raw")
+    before = mariadb_server.checksum("i_glance")
+    dry = run(scenario.args("image", SNAPSHOT, "--base-file", str(scenario.base), "--dry-run"))
+    assert dry.exit_code == 0, dry.stderr
+    update = next(line for line in dry.stdout.splitlines() if line.startswith("UPDATE images "))
+    assert update == (
+        "UPDATE images SET size=<new_size>, status='active', updated_at='{now}', "
+        "deleted_at=NULL, deleted=0, checksum=<new_checksum>, virtual_size=<new_virtual_size>, "
+        f"os_hash_value=<new_os_hash_value> WHERE images.id = '{SNAPSHOT}';"
+    ).format(now=update.split("updated_at='")[1].split("'")[0])
+    assert (
+        "-- <new_checksum>, <new_size>, <new_virtual_size>, <new_os_hash_value> are computed from "
+        "the new file, which a dry-run does not make: placeholders, not values, so this SQL "
+        "replayed by hand stops at a syntax error and changes nothing; apply with the same "
+        "command and --yes\n"
+    ) in dry.stdout
+    md5, _, size = scenario.original
+    assert (
+        f"-- a raw upload is kept byte for byte in _base: the run refuses a file whose size is "
+        f"not {size} or whose md5 is not {md5}\n"
+    ) in dry.stdout
+    replay = subprocess.run(mariadb_server.client_argv("i_glance"), input=dry.stdout, text=True,
+                            capture_output=True, check=False)  # fmt: skip
+    assert replay.returncode == 1
+    assert "ERROR 1064 (42000)" in replay.stderr and "near '<new_size>" in replay.stderr
+    assert mariadb_server.checksum("i_glance") == before
+    assert scenario.row()["status"] == "deleted"
+
+
 def test_no_source_is_refused_with_the_choices(make_db: MakeDb, tmp_path: Path) -> None:
     scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
     result = run(scenario.args("image", SNAPSHOT, "--yes"))

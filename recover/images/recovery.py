@@ -27,7 +27,7 @@ from recover.errors import ConfigError, NotFoundError, RecoverError, RefusedErro
 from recover.glance import GlanceReader
 from recover.images import api, qemu
 from recover.images.digest import DEFAULT_ALGO, Digests, Progress, copy_hashing, hash_file
-from recover.images.rows import NewData, image_plan
+from recover.images.rows import NewData, PendingData, image_plan
 from recover.images.store import Staged, image_lock, remove_stale, store_ownership
 from recover.images.transport import LocalTransport, SshTransport, Transport
 from recover.inventory import base_file_name
@@ -394,7 +394,9 @@ class ImageRecovery:
 
     # --- the whole run -------------------------------------------------------------------
 
-    def plan(self, new_data: NewData | None, action: str, queued: bool = False) -> Plan:
+    def plan(
+        self, new_data: NewData | PendingData | None, action: str, queued: bool = False
+    ) -> Plan:
         plan = image_plan(
             self.glance,
             self.row,
@@ -406,6 +408,12 @@ class ImageRecovery:
             queued_for_upload=queued,
         )
         row = self.row
+        if isinstance(new_data, PendingData) and self._identical_upload(new_data.disk_format):
+            plan.notes.append(
+                f"a {row['disk_format']} upload is kept byte for byte in _base: the run refuses "
+                f"a file whose size is not {row.get('size')} or whose md5 is not "
+                f"{row.get('checksum')}"
+            )
         if isinstance(new_data, NewData) and row.get("checksum"):
             if row["checksum"] == new_data.digests.md5:
                 plan.notes.append(
@@ -451,7 +459,7 @@ class ImageRecovery:
         transport, path, info = self._source()
         if dry_run:
             plan = self.plan(
-                None,
+                PendingData(self.target_format, self.algo),
                 f"rebuild from {path} on {transport.label} ({_fmt(info)} -> "
                 f"{self.target_format}); hashes and sizes are computed from the new file",
             )
@@ -522,7 +530,7 @@ class ImageRecovery:
         transport, path, info = self._source()
         label = f"upload through the Glance API from {path} on {transport.label}"
         if dry_run:
-            plan = self.plan(None, label, queued=True)
+            plan = self.plan(PendingData(self.target_format, self.algo), label, queued=True)
             return execute(plan, dry_run=True, yes=yes, command=command, confirm=confirm)
         work = (
             journal.journal_dir().parent / "tmp"
