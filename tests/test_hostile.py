@@ -684,7 +684,7 @@ CASES: list[Case] = [
     Case("base-file-qemu-protocol", lambda w: w.args("image", SNAPSHOT, "--base-file", 'json:{"file.filename":"/etc/passwd"}', "--yes"), 1,
          "Error: --base-file json:{\"file.filename\":\"/etc/passwd\"} does not exist or is not a regular file"),
     Case("base-file-etc-passwd", lambda w: w.args("image", SNAPSHOT, "--base-file", "/etc/passwd", "--yes"), 1,
-         "Error: /etc/passwd on local is "),
+         "Error: /etc/passwd on local has a virtual size of "),
     Case("base-file-and-from-host", lambda w: w.args("image", SNAPSHOT, "--base-file", str(w.base), "--from-host", "compute-12", "--yes"), 2,
          "Error: --base-file and --from-host are two sources"),
     Case("from-host-semicolon", lambda w: w.host_args(f"compute-1;{marker_cmd()}", "--yes"), 1,
