@@ -48,9 +48,11 @@ class Pending:
     writes), in a dry-run's plan.
 
     Rendered as ``<name>``: a syntax error for the mariadb/mysql client and for sqlite3, so a
-    dry-run replayed by hand stops there, its transaction never committed, instead of writing
-    a stale value. (``:name`` would not do: sqlite3 binds an unset parameter as NULL.)
-    :func:`apply` refuses a plan that still holds one.
+    dry-run replayed by hand fails there instead of writing a stale value (``:name`` would
+    not do: sqlite3 binds an unset parameter as NULL). Such SQL ends in ``ROLLBACK``, not
+    ``COMMIT``: a client that goes on after an error (``mariadb --force``, ``sqlite3``
+    without ``-bail``) must not commit the other statements either. :func:`apply` refuses a
+    plan that still holds one.
     """
 
     name: str
@@ -195,7 +197,11 @@ def render_sql(plan: Plan) -> str:
             lines.append(f"-- {printable(now)}")
         sql = str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
         lines.append(sql.strip() + ";")
-    lines.append("COMMIT;")
+    if pending(plan):
+        lines.append("-- ROLLBACK, not COMMIT: the <...> placeholders are not values")
+        lines.append("ROLLBACK;")
+    else:
+        lines.append("COMMIT;")
     return "\n".join(lines) + "\n"
 
 

@@ -504,7 +504,9 @@ def image_name_with_sql(world: World, mariadb_server: Any) -> None:
 def sql_lines_only(world: World, stdout: str) -> None:
     """Every line of a --dry-run is a comment or one of the statements of the plan."""
     for line in stdout.splitlines():
-        assert line.startswith(("-- ", "BEGIN;", "COMMIT;", "UPDATE ", "INSERT ", "DELETE ")), line
+        assert line.startswith(
+            ("-- ", "BEGIN;", "COMMIT;", "ROLLBACK;", "UPDATE ", "INSERT ", "DELETE ")
+        ), line
 
 
 def location_rewritten(world: World, stdout: str) -> None:

@@ -401,20 +401,25 @@ def test_dry_run_sql_of_a_rebuild_cannot_be_replayed(
     assert (
         "-- <new_checksum>, <new_size>, <new_virtual_size>, <new_os_hash_value> are computed from "
         "the new file, which a dry-run does not make: placeholders, not values, so this SQL "
-        "replayed by hand stops at a syntax error and changes nothing; apply with the same "
-        "command and --yes\n"
+        "replayed by hand fails at them and ends in ROLLBACK: it changes nothing; apply with "
+        "the same command and --yes\n"
     ) in dry.stdout
+    assert dry.stdout.endswith(
+        "\n-- ROLLBACK, not COMMIT: the <...> placeholders are not values\nROLLBACK;\n"
+    )
     md5, _, size = scenario.original
     assert (
         f"-- a raw upload is kept byte for byte in _base: the run refuses a file whose size is "
         f"not {size} or whose md5 is not {md5}\n"
     ) in dry.stdout
-    replay = subprocess.run(mariadb_server.client_argv("i_glance"), input=dry.stdout, text=True,
-                            capture_output=True, check=False)  # fmt: skip
-    assert replay.returncode == 1
-    assert "ERROR 1064 (42000)" in replay.stderr and "near '<new_size>" in replay.stderr
-    assert mariadb_server.checksum("i_glance") == before
-    assert scenario.row()["status"] == "deleted"
+    # --force: a client that goes on after the error still commits nothing (ROLLBACK).
+    for force in ([], ["--force"]):
+        replay = subprocess.run([*mariadb_server.client_argv("i_glance"), *force],
+                                input=dry.stdout, text=True, capture_output=True, check=False)  # fmt: skip
+        assert replay.returncode == (0 if force else 1)  # --force: errors shown, exit 0
+        assert "ERROR 1064 (42000)" in replay.stderr and "near '<new_size>" in replay.stderr
+        assert mariadb_server.checksum("i_glance") == before
+        assert scenario.row()["status"] == "deleted"
 
 
 def test_no_source_is_refused_with_the_choices(make_db: MakeDb, tmp_path: Path) -> None:

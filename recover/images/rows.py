@@ -133,8 +133,8 @@ def image_plan(
         shown = ", ".join(Pending(f"new_{c}").sql for c in PENDING_COLUMNS if c in columns)
         notes.append(
             f"{shown} are computed from the new file, which a dry-run does not make: "
-            "placeholders, not values, so this SQL replayed by hand stops at a syntax error "
-            "and changes nothing; apply with the same command and --yes"
+            "placeholders, not values, so this SQL replayed by hand fails at them and ends in "
+            "ROLLBACK: it changes nothing; apply with the same command and --yes"
         )
     elif isinstance(new_data, NewData) and not queued_for_upload:
         notes.append(
