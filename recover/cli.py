@@ -412,6 +412,13 @@ def flavor(
     "store backend (file, RBD, Swift) and computes the hashes.",
 )
 @click.option(
+    "--accept-new-bytes",
+    is_flag=True,
+    help="Store the source's bytes even where they cannot be the original upload (another "
+    "virtual size; for a raw image, another size or md5), e.g. a disk rebuilt on purpose. "
+    "Without it such a source is refused; with it the report says loudly that the bytes are NEW.",
+)
+@click.option(
     "--verify/--no-verify",
     default=None,
     help="Download the image through the Glance API afterwards, as Nova does, and fail "
@@ -429,6 +436,7 @@ def image(
     base_file: Path | None,
     disk_format: str | None,
     via_api: bool,
+    accept_new_bytes: bool,
     verify: bool | None,
     dry_run: bool,
     yes: bool,
@@ -445,6 +453,10 @@ def image(
     store atomically. The image row, its location, properties, tags and members
     come back in one transaction, journaled first.
 
+    A source that cannot be this image is refused: its virtual size must equal the
+    image's, and a raw image's _base must be its upload byte for byte (size and md5);
+    --accept-new-bytes overrides that, and the report then says the bytes are NEW.
+
     \b
     Examples:
       recover --config /etc/recover.ini image b3986e99-1988-43bb-b47c-0b34438bc189 \\
@@ -458,11 +470,13 @@ def image(
         raise click.UsageError("--base-file and --from-host are two sources: pick one")
     request = ImageRequest(image_uuid, base_file=base_file, from_host=from_host,
                            instances_path=instances_path, disk_format=disk_format,
-                           via_api=via_api)  # fmt: skip
+                           via_api=via_api, accept_new_bytes=accept_new_bytes)  # fmt: skip
     outcome = recover_image(app.settings, request, dry_run=dry_run, yes=yes,
                             command=_command_line(), confirm=_confirm_on_terminal(),
                             verify=verify)  # fmt: skip
     _report(outcome, fmt)
+    for message in outcome.extra.get("bytes", {}).get("overridden", []):
+        warn(f"NEW BYTES stored (--accept-new-bytes), not the original upload: {message}")
 
 
 @cli.command()

@@ -22,7 +22,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, column, delete, insert, inspect, select, text, update
+from sqlalchemy import (
+    Table,
+    and_,
+    column,
+    delete,
+    insert,
+    inspect,
+    literal_column,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.sql import ClauseElement
@@ -44,6 +55,26 @@ _TELLING = ("key", "project_id", "name", "value", "member")
 
 class ConcurrentChangeError(RefusedError):
     """Another session changed or locked the rows between planning and applying."""
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A value that exists only once the run has done its work (the checksum of a file it
+    writes), in a dry-run's plan.
+
+    Rendered as ``<name>``: a syntax error for the mariadb/mysql client and for sqlite3, so a
+    dry-run replayed by hand fails there instead of writing a stale value (``:name`` would
+    not do: sqlite3 binds an unset parameter as NULL). Such SQL ends in ``ROLLBACK``, not
+    ``COMMIT``: a client that goes on after an error (``mariadb --force``, ``sqlite3``
+    without ``-bail``) must not commit the other statements either. :func:`apply` refuses a
+    plan that still holds one.
+    """
+
+    name: str
+
+    @property
+    def sql(self) -> str:
+        return f"<{self.name}>"
 
 
 @dataclass(frozen=True)
@@ -132,13 +163,27 @@ def _where_key(table: Table, key: Row) -> Any:
     return and_(*(table.c[k] == v for k, v in key.items()))
 
 
+def _values(row: Row) -> Row:
+    return {k: literal_column(v.sql) if isinstance(v, Pending) else v for k, v in row.items()}
+
+
+def pending(plan: Plan) -> list[str]:
+    """The names of the placeholders the plan still holds, in order."""
+    names: list[str] = []
+    for change in plan.changes:
+        for value in (change.after or {}).values():
+            if isinstance(value, Pending) and value.name not in names:
+                names.append(value.name)
+    return names
+
+
 def statements(plan: Plan) -> Iterator[tuple[RowChange, ClauseElement]]:
     """The DML of the plan, in order."""
     for change in plan.changes:
         table = plan.db.table(change.table)
         if change.action == "insert":
             assert change.after is not None
-            yield change, insert(table).values(**change.after)
+            yield change, insert(table).values(**_values(change.after))
         elif change.action == "delete":
             yield change, delete(table).where(_where_key(table, change.key))
         elif change.changed_columns():
@@ -146,7 +191,7 @@ def statements(plan: Plan) -> Iterator[tuple[RowChange, ClauseElement]]:
                 change,
                 update(table)
                 .where(_where_key(table, change.key))
-                .values(**change.changed_columns()),
+                .values(**_values(change.changed_columns())),
             )
         # else: the row is already as planned (e.g. a live location of a row deleted by hand):
         # lock_and_check still locks and re-checks it; an empty SET would be a syntax error.
@@ -169,7 +214,11 @@ def render_sql(plan: Plan) -> str:
             lines.append(f"-- {printable(now)}")
         sql = str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
         lines.append(sql.strip() + ";")
-    lines.append("COMMIT;")
+    if pending(plan):
+        lines.append("-- ROLLBACK, not COMMIT: the <...> placeholders are not values")
+        lines.append("ROLLBACK;")
+    else:
+        lines.append("COMMIT;")
     return "\n".join(lines) + "\n"
 
 
@@ -367,6 +416,8 @@ def apply(plan: Plan, before_commit: Callable[[], None] = lambda: None) -> None:
     waits on the winner's row locks and then finds them changed, or gets a
     duplicate key or deadlock from the server; each becomes one clear refusal.
     """
+    if pending(plan):  # a dry-run's plan: its placeholders are not values
+        raise RecoverError(f"{plan.title}: the plan still holds {', '.join(pending(plan))}")
     try:
         with plan.db.engine.begin() as conn:
             lock_and_check(conn, plan)

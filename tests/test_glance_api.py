@@ -293,6 +293,35 @@ def test_qcow2_row_uploaded_through_the_api(glance_api: GlanceApi, tmp_path: Pat
     assert locations[-1]["value"] == f"file://{glance_api.store_dir / image_id}"
 
 
+@pytest.mark.parametrize("via_api", [False, True], ids=["store", "via-api"])
+def test_other_bytes_for_a_raw_image_are_refused(
+    glance_api: GlanceApi, tmp_path: Path, via_api: bool
+) -> None:
+    """A raw image Glance itself stored and deleted; a _base of its size with other data (a
+    damaged copy) is refused, naming both md5s, before any row, file or upload changes."""
+    raw = make_raw(tmp_path / "guest.raw", 10)
+    image_id = create_and_delete(glance_api.client(), raw.read_bytes(), "raw", **PROPS)
+    other = make_raw(tmp_path / "other.raw", 11)  # same size, other data
+    before = {t: child_rows(glance_api, t, image_id) for t in ("image_locations", "image_tags")}
+    row = image_row(glance_api, image_id)
+    result = recover(
+        *db_args(glance_api), "--glance-endpoint", glance_api.endpoint, "image", image_id,
+        "--base-file", str(other), *(["--via-api"] if via_api else []), "--yes",
+    )  # fmt: skip
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"Error: the bytes from {other} on local are not image {image_id}'s raw upload (md5 "
+        f"{hashlib.md5(other.read_bytes()).hexdigest()} where the row says "
+        f"{hashlib.md5(raw.read_bytes()).hexdigest()}): nova keeps a raw upload byte for byte "
+        "in _base, so this copy is partial or damaged; use a complete copy of the _base file; "
+        "--accept-new-bytes stores these bytes anyway, reported as NEW data\n"
+    )
+    assert image_row(glance_api, image_id) == row
+    assert {t: child_rows(glance_api, t, image_id) for t in before} == before
+    assert not (glance_api.store_dir / image_id).exists()
+    assert not (tmp_path / "state" / "journal").exists()
+
+
 # --- 3. a wrong row is caught by glanceclient's check ----------------------------------------------
 
 

@@ -225,3 +225,39 @@ def test_base_file_of_an_upper_case_image_ref_is_found(
     assert result.exit_code == 0, result.stderr
     assert f"rebuild from {upper_base} on compute-12 (ssh) (raw -> qcow2)" in result.stdout
     assert assert_recovered(scenario) == scenario.original
+
+
+@pytest.mark.parametrize(
+    ("host", "where", "sent"),
+    [
+        ("compute-12", "on compute-12 (ssh)", []),  # qemu-img info there: refused before a copy
+        ("compute-noqemu", "from compute-noqemu (ssh)", [40 << 20]),  # checked on arrival
+    ],
+)
+def test_partial_base_on_a_compute_node_is_refused(
+    make_db: MakeDb,
+    tmp_path: Path,
+    mariadb_server: Any,
+    counting_ssh: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    host: str,
+    where: str,
+    sent: list[int],
+) -> None:
+    """A _base file nova (or an scp) has not finished writing: 40 of the image's 64 MiB."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, disk_format="raw")
+    os.truncate(scenario.base, 40 << 20)
+    monkeypatch.setenv("RECOVER_SSH_COMMAND", counting_ssh.command)
+    before, listing = mariadb_server.checksum("i_glance"), store_listing(scenario.store)
+    result = run(from_host(scenario, host, "--yes"))
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"Error: {scenario.base} {where} has a virtual size of 41943040 bytes, but image "
+        f"{SNAPSHOT} had 67108864 (its row's virtual_size): a partial copy (an scp or a download "
+        "still running?), not this image's data; use a complete copy of the _base file; "
+        "--accept-new-bytes stores these bytes anyway, reported as NEW data\n"
+    )
+    assert image_bytes(counting_ssh) == sent
+    assert mariadb_server.checksum("i_glance") == before
+    assert store_listing(scenario.store) == listing
+    assert sorted(p.name for p in scenario.base.parent.iterdir()) == [scenario.base.name]

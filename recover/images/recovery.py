@@ -28,7 +28,7 @@ from recover.errors import ConfigError, NotFoundError, RecoverError, RefusedErro
 from recover.glance import GlanceReader
 from recover.images import api, qemu
 from recover.images.digest import DEFAULT_ALGO, Digests, Progress, copy_hashing, hash_file
-from recover.images.rows import NewData, image_plan, restored_status
+from recover.images.rows import NewData, PendingData, image_plan, restored_status
 from recover.images.store import Staged, image_lock, remove_stale, store_ownership
 from recover.images.transport import LocalTransport, SshTransport, Transport
 from recover.inventory import base_file_name
@@ -49,7 +49,14 @@ WRITABLE = {
 RECOVERABLE_STATUSES = ("deleted", "pending_delete", "killed")
 #: nova's fetch_to_raw writes these names while downloading/converting (nova/virt/images.py).
 IN_PROGRESS_SUFFIXES = (".part", ".converted")
-GIB = 1024**3
+#: Uploads qemu-img reads as raw, which nova keeps byte for byte as ``_base``: fetch_to_raw
+#: converts only what qemu-img does not call raw (nova/virt/images.py fetch_to_raw), and
+#: treats iso and the AMI formats as raw (do_image_deep_inspection, nova 2024.1+).
+RAW_UPLOADS = ("raw", "iso", "ami", "ari", "aki")
+NEW_BYTES_HINT = (
+    "use a complete copy of the _base file; --accept-new-bytes stores these bytes anyway, "
+    "reported as NEW data"
+)
 
 
 @dataclass
@@ -62,6 +69,9 @@ class ImageRequest:
     disk_format: str | None = None
     #: Set the row to queued and upload through the Glance API (any store backend).
     via_api: bool = False
+    #: Store bytes that are not the original upload's (a refusal of the size rules becomes
+    #: a loud warning in the report).
+    accept_new_bytes: bool = False
 
 
 def validate_uuid(text: str) -> str:
@@ -112,6 +122,8 @@ class ImageRecovery:
         self.created_file = False
         #: Hashes of the bytes this run produced (for the API verification afterwards).
         self.new_digests: Digests | None = None
+        #: Refusals --accept-new-bytes turned into warnings.
+        self.overridden: list[str] = []
 
     def close(self) -> None:
         self.glance.db.dispose()
@@ -177,13 +189,82 @@ class ImageRecovery:
             )
         if info.corrupt:
             raise RefusedError(f"qemu-img reports {where} as corrupt")
-        needed = max((self.row.get("min_disk") or 0) * GIB, self.row.get("virtual_size") or 0)
-        if info.virtual_size < needed:
-            raise RefusedError(
-                f"{where} is {info.virtual_size} bytes, smaller than the image needs ({needed}); "
-                "it is not this image's data"
+        # min_disk is no size of the image: it is the root disk a flavor needs to boot it (GiB,
+        # images are routinely smaller). The image's own size is the rule: converting between
+        # formats keeps the virtual size exactly, so any other size is another disk.
+        expected = self._expected_virtual_size()
+        if expected is not None and info.virtual_size != expected[0]:
+            size, basis = expected
+            what = (
+                "a partial copy (an scp or a download still running?)"
+                if info.virtual_size < size
+                else "a different or resized disk"
+            )
+            self._refuse_or_accept(
+                f"{where} has a virtual size of {info.virtual_size} bytes, but image "
+                f"{self.image_id} had {size} ({basis}): {what}, not this image's data"
             )
         return info
+
+    def _expected_virtual_size(self) -> tuple[int, str] | None:
+        """The virtual size the image had, and where that comes from; None when unknown."""
+        row = self.row
+        if row.get("virtual_size"):
+            return int(row["virtual_size"]), "its row's virtual_size"
+        if row.get("disk_format") in RAW_UPLOADS and row.get("size"):
+            return int(row["size"]), f"the size of its {row['disk_format']} upload"
+        return None
+
+    def _identical_upload(self, disk_format: str) -> bool:
+        """True when the new file must be the upload itself: a raw upload stored as raw."""
+        return self.row.get("disk_format") in RAW_UPLOADS and disk_format == "raw"
+
+    def _check_new_bytes(self, new_data: NewData, where: str) -> None:
+        """A raw upload's ``_base`` is the upload, byte for byte: so must the new file be."""
+        if not self._identical_upload(new_data.disk_format):
+            return  # e.g. qcow2 from a raw _base: other bytes, by nature; the size rule applies
+        row, found = self.row, new_data.digests
+        wrong = []
+        if row.get("size") is not None and row["size"] != found.size:
+            wrong.append(f"size {found.size} bytes where the row says {row['size']}")
+        if row.get("checksum") and row["checksum"] != found.md5:
+            wrong.append(f"md5 {found.md5} where the row says {row['checksum']}")
+        elif (
+            row.get("os_hash_value")
+            and row.get("os_hash_algo") == found.algo
+            and row["os_hash_value"] != found.value
+        ):
+            wrong.append(f"another {found.algo} than the row's")
+        if wrong:
+            self._refuse_or_accept(
+                f"the bytes from {where} are not image {self.image_id}'s {row['disk_format']} "
+                f"upload ({'; '.join(wrong)}): nova keeps a raw upload byte for byte in _base, "
+                "so this copy is partial or damaged"
+            )
+
+    def _refuse_or_accept(self, message: str) -> None:
+        if not self.request.accept_new_bytes:
+            raise RefusedError(message, hint=NEW_BYTES_HINT)
+        self.overridden.append(message)
+
+    def bytes_report(self, new_data: NewData) -> dict[str, Any]:
+        """Whether the new file is the original upload, with both sets of values (the report)."""
+        row, found = self.row, new_data.digests
+        return {
+            "identical": row["checksum"] == found.md5 if row.get("checksum") else None,
+            "new_bytes_accepted": bool(self.overridden),
+            "overridden": list(self.overridden),
+            "original": {
+                "checksum": row.get("checksum"),
+                "size": row.get("size"),
+                "virtual_size": row.get("virtual_size"),
+            },
+            "new": {
+                "checksum": found.md5,
+                "size": found.size,
+                "virtual_size": new_data.virtual_size,
+            },
+        }
 
     # --- sources -------------------------------------------------------------------------
 
@@ -344,7 +425,9 @@ class ImageRecovery:
 
     # --- the whole run -------------------------------------------------------------------
 
-    def plan(self, new_data: NewData | None, action: str, queued: bool = False) -> Plan:
+    def plan(
+        self, new_data: NewData | PendingData | None, action: str, queued: bool = False
+    ) -> Plan:
         plan = image_plan(
             self.glance,
             self.row,
@@ -356,6 +439,27 @@ class ImageRecovery:
             queued_for_upload=queued,
             store_dirs=self.settings.image_dirs(),
         )
+        row = self.row
+        if isinstance(new_data, PendingData) and self._identical_upload(new_data.disk_format):
+            plan.notes.append(
+                f"a {row['disk_format']} upload is kept byte for byte in _base: the run refuses "
+                f"a file whose size is not {row.get('size')} or whose md5 is not "
+                f"{row.get('checksum')}"
+            )
+        if isinstance(new_data, NewData) and row.get("checksum"):
+            if row["checksum"] == new_data.digests.md5:
+                plan.notes.append(
+                    "the new file is the original upload, byte for byte (md5 = the row's checksum)"
+                )
+            else:
+                plan.notes.append(
+                    f"the new file's bytes are NEW, not the original upload's: md5 "
+                    f"{new_data.digests.md5} (was {row['checksum']}), size "
+                    f"{new_data.digests.size} (was {row.get('size')})"
+                )
+        plan.notes += [
+            f"WARNING: NEW BYTES accepted (--accept-new-bytes): {m}" for m in self.overridden
+        ]
         return plan
 
     def run(
@@ -388,7 +492,7 @@ class ImageRecovery:
         transport, path, info = self._source()
         if dry_run:
             plan = self.plan(
-                None,
+                PendingData(self.target_format, self.algo),
                 f"rebuild from {path} on {transport.label} ({_fmt(info)} -> "
                 f"{self.target_format}); hashes and sizes are computed from the new file",
             )
@@ -401,6 +505,7 @@ class ImageRecovery:
             staged = Staged(self.store, self.image_id)
             try:
                 new_data = self._produce(staged, transport, path, info)
+                self._check_new_bytes(new_data, f"{path} on {transport.label}")
                 self.new_digests = new_data.digests
                 staged.finish(owner)
                 faults.point("staged")
@@ -423,7 +528,7 @@ class ImageRecovery:
                         "created": existing is None,
                     }
                 ]
-                return execute(
+                outcome = execute(
                     plan,
                     dry_run=False,
                     yes=yes,
@@ -433,6 +538,8 @@ class ImageRecovery:
                     on_failure=self._unplace,
                     journal_dir=journal_dir,
                 )
+                outcome.extra["bytes"] = self.bytes_report(new_data)
+                return outcome
             finally:
                 staged.discard()
 
@@ -469,7 +576,7 @@ class ImageRecovery:
         transport, path, info = self._source()
         label = f"upload through the Glance API from {path} on {transport.label}"
         if dry_run:
-            plan = self.plan(None, label, queued=True)
+            plan = self.plan(PendingData(self.target_format, self.algo), label, queued=True)
             return execute(plan, dry_run=True, yes=yes, command=command, confirm=confirm)
         work = (
             journal.journal_dir().parent / "tmp"
@@ -481,6 +588,7 @@ class ImageRecovery:
         staged = Staged(work, self.image_id)
         try:
             new_data = self._produce(staged, transport, path, info)
+            self._check_new_bytes(new_data, f"{path} on {transport.label}")
             staged.close()
             plan = self.plan(new_data, label, queued=True)
             outcome = execute(plan, dry_run=False, yes=yes, command=command, confirm=confirm,
@@ -516,6 +624,7 @@ class ImageRecovery:
                     f"the recovery of image {self.image_id}",
                 ) from exc
             outcome.extra["uploaded"] = {"md5": new_data.digests.md5, "size": new_data.digests.size}
+            outcome.extra["bytes"] = self.bytes_report(new_data)
             return outcome
         finally:
             staged.discard()

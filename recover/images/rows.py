@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 
 from recover.glance import GlanceReader
 from recover.images.digest import Digests
-from recover.plan import Plan, Row, RowChange
+from recover.plan import Pending, Plan, Row, RowChange
 from recover.text import printable
 
 #: image_update(purge_props=True) deletes properties in an earlier transaction than
@@ -50,6 +50,19 @@ def restored_status(image: Mapping[Any, Any]) -> str:
     return "deactivated" if image["status"] == "deactivated" else "active"
 
 
+@dataclass(frozen=True)
+class PendingData:
+    """The bytes a rebuild will make, seen from a dry-run: their format and hash algorithm are
+    known, their hashes and sizes are not (the file does not exist yet)."""
+
+    disk_format: str
+    algo: str
+
+
+#: The columns only the new file can fill; a dry-run shows them as placeholders.
+PENDING_COLUMNS = ("checksum", "size", "virtual_size", "os_hash_value")
+
+
 def _within(value: datetime | None, anchor: datetime | None, before: timedelta) -> bool:
     if value is None or anchor is None:
         return False
@@ -61,7 +74,7 @@ def image_plan(
     image: Row,
     *,
     location_uri: str,
-    new_data: NewData | None,
+    new_data: NewData | PendingData | None,
     store_id: str | None,
     now: datetime,
     action: str,
@@ -81,6 +94,13 @@ def image_plan(
         after.update({c: None for c in integrity if c in columns})
         if new_data is not None:
             after["disk_format"] = new_data.disk_format
+    elif isinstance(new_data, PendingData):
+        # Not the old values: replayed by hand, they would make the image active with stale
+        # integrity columns (glanceclient then refuses every download) and no file.
+        after.update({c: Pending(f"new_{c}") for c in PENDING_COLUMNS if c in columns})
+        after["disk_format"] = new_data.disk_format
+        if "os_hash_algo" in columns:
+            after["os_hash_algo"] = new_data.algo
     elif new_data is not None:
         after["checksum"] = new_data.digests.md5
         after["size"] = new_data.digests.size
@@ -135,7 +155,14 @@ def image_plan(
             "it was deactivated before it was deleted and stays deactivated (downloads for "
             "admins only); `openstack image set --activate` lifts that"
         )
-    if new_data is not None and not queued_for_upload:
+    if isinstance(new_data, PendingData) and not queued_for_upload:
+        shown = ", ".join(Pending(f"new_{c}").sql for c in PENDING_COLUMNS if c in columns)
+        notes.append(
+            f"{shown} are computed from the new file, which a dry-run does not make: "
+            "placeholders, not values, so this SQL replayed by hand fails at them and ends in "
+            "ROLLBACK: it changes nothing; apply with the same command and --yes"
+        )
+    elif isinstance(new_data, NewData) and not queued_for_upload:
         notes.append(
             f"new data: {new_data.disk_format}, {new_data.digests.size} bytes, md5 "
             f"{new_data.digests.md5}, {new_data.digests.algo} {new_data.digests.value[:16]}..."
