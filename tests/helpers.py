@@ -164,3 +164,8 @@ def cached_venv(
         seconds = time.perf_counter() - started
         sys.stderr.write(f"\nvenv {venv} created in {seconds:.1f} s\n")
         return venv, seconds
+
+
+def committed_note(journal: object) -> str:
+    """The stderr line of a committed write whose report does not go to a terminal."""
+    return f"Committed; journal {journal}; undo: recover undo {journal}\n"

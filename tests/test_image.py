@@ -18,7 +18,7 @@ from recover.cli import cli
 from recover.demo import SNAPSHOT
 from tests import clouds
 from tests.clouds import MakeDb
-from tests.helpers import REPO_ROOT, dump_rows, require_binary
+from tests.helpers import REPO_ROOT, committed_note, dump_rows, require_binary
 from tests.images import PROPERTIES, Scenario, digests, incident_image, qemu_info_format
 
 GENERATIONS = [
@@ -341,11 +341,11 @@ def test_accept_new_bytes_stores_them_and_says_so_loudly(
     result = run(scenario.args("image", SNAPSHOT, "--base-file", str(partial), "--accept-new-bytes",
                                "--yes", "--format", "json"))  # fmt: skip
     assert result.exit_code == 0, result.stderr
-    assert result.stderr == "".join(
+    report = json.loads(result.stdout)
+    assert result.stderr == committed_note(report["journal"]) + "".join(
         f"Warning: NEW BYTES stored (--accept-new-bytes), not the original upload: {r}\n"
         for r in refusals
     )
-    report = json.loads(result.stdout)
     assert report["bytes"] == {
         "identical": False,
         "new_bytes_accepted": True,
@@ -376,7 +376,8 @@ def test_min_disk_is_no_lower_bound_on_the_image(
     mariadb_server.query(f"UPDATE i_glance.images SET min_disk = 1 WHERE id = '{SNAPSHOT}'")
     result = run(scenario.args("image", SNAPSHOT, "--base-file", str(scenario.base), "--yes",
                                "--format", "json"))  # fmt: skip
-    assert (result.exit_code, result.stderr) == (0, "")
+    journal = json.loads(result.stdout)["journal"]
+    assert (result.exit_code, result.stderr) == (0, committed_note(journal))
     assert assert_recovered(scenario) == scenario.original
     assert scenario.row()["min_disk"] == 1
     assert json.loads(result.stdout)["bytes"]["identical"] is True
