@@ -653,3 +653,49 @@ def glance_api_delayed(
         yield api
     finally:
         api.stop()
+
+
+# --- ceph: a real single-node Ceph (mon + memstore OSD) and glance_store's RBD driver ----------
+# (tests/ceph.py). Imported here, not at the top, so this section stays one appended block.
+
+from tests.ceph import CephCluster, GlanceStoreRbd, glance_rbd_venv, start_ceph  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ceph_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephCluster]:
+    """The session's Ceph cluster (``tests.ceph.CephCluster``), started on first use (3-5 s).
+
+    One mon on a free port of 127.0.0.1 (messenger v1), one memstore OSD, cephx;
+    pools ``images`` and ``vms``; users ``admin``, ``glance``, ``nova`` with
+    keyrings found through ``.conf_path``. Stopped (by pid) at session end.
+    Skips locally, fails under ``CI=true``, without the Ceph packages.
+    """
+    cluster = start_ceph(tmp_path_factory.mktemp("ceph"))
+    sys.stderr.write(
+        f"\nceph {cluster.mon_addr} fsid {cluster.fsid}: up in {cluster.startup_seconds:.2f} s"
+        f" {cluster.steps}\n"
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def glance_rbd_python_venv() -> Path:
+    """Venv with glance 33, glance_store and Debian's rados/rbd (``tests.ceph.glance_rbd_venv``).
+
+    ``$RECOVER_GLANCE_RBD_VENV``, else ``glance-rbd-venv`` beside
+    ``$RECOVER_GLANCE_VENV``, else ``.cache/glance-rbd-venv``; built on first
+    use (about 50 s) and reused.
+    """
+    venv, seconds = glance_rbd_venv()
+    if seconds is not None:
+        sys.stderr.write(f"\nglance-rbd venv {venv} built in {seconds:.1f} s\n")
+    return venv
+
+
+@pytest.fixture
+def glance_store_rbd(glance_rbd_python_venv: Path, ceph_cluster: CephCluster) -> GlanceStoreRbd:
+    """glance_store's RBD driver on ``ceph_cluster`` (pool ``images``, user ``glance``)."""
+    return GlanceStoreRbd(glance_rbd_python_venv, ceph_cluster)
