@@ -659,6 +659,10 @@ def glance_api_delayed(
 # (tests/ceph.py). Imported here, not at the top, so this section stays one appended block.
 
 from tests.ceph import CephCluster, GlanceStoreRbd, glance_rbd_venv, start_ceph  # noqa: E402
+from tests.glance_api import RbdStore  # noqa: E402
+
+GLANCE_API_RBD_DB = "ga_glance_rbd"
+"""The RBD Glance API's database (its own: ``glance_api``'s stays as it is)."""
 
 
 @pytest.fixture(scope="session")
@@ -699,3 +703,32 @@ def glance_rbd_python_venv() -> Path:
 def glance_store_rbd(glance_rbd_python_venv: Path, ceph_cluster: CephCluster) -> GlanceStoreRbd:
     """glance_store's RBD driver on ``ceph_cluster`` (pool ``images``, user ``glance``)."""
     return GlanceStoreRbd(glance_rbd_python_venv, ceph_cluster)
+
+
+@pytest.fixture(scope="session")
+def glance_api_rbd(
+    glance_rbd_python_venv: Path,
+    ceph_cluster: CephCluster,
+    mariadb_server: MariaDBServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[GlanceApi]:
+    """A real Glance API whose store is RBD: pool ``images`` of ``ceph_cluster``, as ``glance``.
+
+    As ``glance_api`` (gunicorn, noauth, ``show_image_direct_url``) but on the
+    glance-rbd venv, with database ``ga_glance_rbd`` (dropped, created,
+    ``db_sync``). Locations are ``rbd://<fsid>/images/<id>/snap``.
+    """
+    mariadb_server.query(f"DROP DATABASE IF EXISTS `{GLANCE_API_RBD_DB}`")
+    mariadb_server.query(f"CREATE DATABASE `{GLANCE_API_RBD_DB}` CHARACTER SET utf8")
+    api = start_glance(
+        tmp_path_factory.mktemp("glance-api-rbd"), glance_rbd_python_venv, mariadb_server,
+        GLANCE_API_RBD_DB, sync=True, rbd=RbdStore(ceph_cluster.conf_path),
+    )  # fmt: skip
+    sys.stderr.write(
+        f"\nglance_api_rbd {api.endpoint}: db_sync {api.sync_seconds:.2f} s,"
+        f" gunicorn up in {api.startup_seconds:.2f} s\n"
+    )
+    try:
+        yield api
+    finally:
+        api.stop()

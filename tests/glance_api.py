@@ -152,6 +152,39 @@ class GlanceApi:
 ADMIN_POLICY = '"context_is_admin": "@"\n'
 
 
+@dataclass(frozen=True)
+class RbdStore:
+    """An RBD store for Glance (ceph-rbd.md §4): ``[glance_store] stores = rbd``.
+
+    ``ceph_conf`` (with the client's keyring findable from it), ``user`` (always
+    set: glance_store turns an unset one into the rados id ``'None'``), ``pool``,
+    ``chunk_size`` MiB. The venv must import Debian's ``rados``/``rbd``
+    (``tests.ceph.glance_rbd_venv``).
+    """
+
+    ceph_conf: Path
+    user: str = "glance"
+    pool: str = "images"
+    chunk_size: int = 8
+
+
+def _store_section(store_dir: Path, rbd: RbdStore | None) -> str:
+    if rbd is None:
+        return f"""[glance_store]
+stores = file
+default_store = file
+filesystem_store_datadir = {store_dir}
+"""
+    return f"""[glance_store]
+stores = rbd
+default_store = rbd
+rbd_store_pool = {rbd.pool}
+rbd_store_user = {rbd.user}
+rbd_store_ceph_conf = {rbd.ceph_conf}
+rbd_store_chunk_size = {rbd.chunk_size}
+"""
+
+
 def write_config(
     directory: Path,
     venv: Path,
@@ -160,11 +193,13 @@ def write_config(
     store_dir: Path,
     delayed_delete: bool = False,
     policy: str = ADMIN_POLICY,
+    rbd: RbdStore | None = None,
 ) -> Path:
     """Write ``directory/etc/{glance-api.conf, glance-api-paste.ini, policy.yaml}``.
 
     Returns the path of glance-api.conf. ``directory`` also gets log/, cache/,
-    lock/ and staging/.
+    lock/ and staging/. The store is the filesystem one in ``store_dir``, or
+    ``rbd`` when given.
     """
     etc = directory / "etc"
     for sub in ("etc", "log", "cache", "lock", "staging"):
@@ -197,11 +232,7 @@ lock_path = {directory}/lock
 [oslo_policy]
 policy_file = {etc}/policy.yaml
 
-[glance_store]
-stores = file
-default_store = file
-filesystem_store_datadir = {store_dir}
-"""
+{_store_section(store_dir, rbd)}"""
     )
     return conf
 
@@ -252,18 +283,20 @@ def start_glance(
     sync: bool = False,
     policy: str = "",
     expect: int = 200,
+    rbd: RbdStore | None = None,
 ) -> GlanceApi:
     """Write a config in ``directory`` and start gunicorn on a free port of 127.0.0.1.
 
     The database ``db_name`` must exist; ``sync=True`` runs :func:`db_sync` on it
     first. ``store_dir`` defaults to ``directory/images``; two servers may share
-    a database and a store (e.g. one with ``delayed_delete``).
+    a database and a store (e.g. one with ``delayed_delete``). ``rbd`` makes the
+    store an RBD pool instead (``venv`` must then be the glance-rbd venv).
     """
     store_dir = store_dir or directory / "images"
     db_url = server.url(db_name)
     conf = write_config(
         directory, venv, db_url=db_url, store_dir=store_dir, delayed_delete=delayed_delete,
-        policy=policy or ADMIN_POLICY,
+        policy=policy or ADMIN_POLICY, rbd=rbd,
     )  # fmt: skip
     env = glance_env(directory, conf)
     sync_seconds = db_sync(venv, conf, env) if sync else 0.0

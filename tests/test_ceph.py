@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from glanceclient import exc as glance_exc
 
 from recover.images.ceph import (
     GLANCE_ORDER,
@@ -39,6 +40,7 @@ from tests.ceph import (
     nova_clone,
     require_ceph,
 )
+from tests.glance_api import GlanceApi, create_image
 
 EIGHT_MIB = 8 * 1024 * 1024
 #: Pacific's rbd_default_features (61): what glance_store's _create_image and `rbd import` use.
@@ -511,3 +513,55 @@ def test_cluster_memory_and_start_time_are_reported(ceph_cluster: CephCluster) -
     assert set(ceph_cluster.steps) == {"keys", "mon", "osd", "pools", "users"}
     assert 0 < ceph_cluster.startup_seconds < 60
     assert os.path.exists(ceph_cluster.directory / "run" / "mon.a.pid")
+
+
+# --- a real Glance API whose store is RBD -------------------------------------------------------
+
+
+def test_glance_api_stores_in_rbd_and_its_deletes_follow_the_clone_format(
+    glance_api_rbd: GlanceApi, ceph_cluster: CephCluster
+) -> None:
+    glance = glance_api_rbd.client()
+    ceph = client(ceph_cluster)
+    ids = {}
+    for clone_format in (1, 2):
+        data = image_bytes(EIGHT_MIB + 3 + clone_format, 10 + clone_format)
+        md5, sha512 = hashes(data)
+        image_id = create_image(glance, data, "raw", name=f"rbd-v{clone_format}")
+        ids[clone_format] = image_id
+        uri = f"rbd://{ceph_cluster.fsid}/images/{image_id}/snap"
+        shown = glance.images.get(image_id)
+        assert (shown["checksum"], shown["os_hash_value"], shown["size"]) == (
+            md5,
+            sha512,
+            len(data),
+        )
+        assert shown["direct_url"] == uri
+        assert glance_api_rbd.query(
+            "SELECT value, status, deleted FROM image_locations WHERE image_id = %s", (image_id,)
+        ) == [{"value": uri, "status": "active", "deleted": 0}]
+        # What Glance wrote, read back by the wrapper: protected snap, 8 MiB objects, same bytes.
+        assert [(s.name, s.protected) for s in ceph.snaps("images", image_id)] == [("snap", True)]
+        assert ceph.info("images", image_id).object_size == EIGHT_MIB
+        assert ceph.export_digests("images", image_id, SNAP_NAME) == Digests(
+            md5, "sha512", sha512, len(data)
+        )
+        nova_clone(ceph_cluster, image_id, str(uuid.uuid4()), clone_format)
+
+    # Clone v1: 409, the image stays active and intact (ceph-rbd.md §1).
+    before = ceph_cluster.listing()
+    with pytest.raises(glance_exc.HTTPConflict):
+        glance.images.delete(ids[1])
+    assert glance.images.get(ids[1])["status"] == "active"
+    assert ceph_cluster.listing() == before
+
+    # Clone v2: Glance deletes every row; the bytes wait in the RBD trash under the image's id.
+    glance.images.delete(ids[2])
+    assert glance_api_rbd.query("SELECT status, deleted FROM images WHERE id = %s", (ids[2],)) == [
+        {"status": "deleted", "deleted": 1}
+    ]
+    assert glance_api_rbd.query(
+        "SELECT status, deleted FROM image_locations WHERE image_id = %s", (ids[2],)
+    ) == [{"status": "deleted", "deleted": 1}]
+    assert not ceph.exists("images", ids[2])
+    assert [(e.name, e.source) for e in ceph.trash_find("images", ids[2])] == [(ids[2], "USER")]
