@@ -267,6 +267,32 @@ def test_import_lays_an_image_out_like_glance_store(
     assert {from_stream, from_path}.isdisjoint(ceph.list_images("images"))
 
 
+def test_an_import_cut_short_raises_and_leaves_a_partial_image_without_snap(
+    ceph_cluster: CephCluster,
+) -> None:
+    class Dying(io.RawIOBase):
+        reads = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, size: int = -1) -> bytes:
+            self.reads += 1
+            if self.reads > 3:
+                raise OSError(5, "the compute node went away")
+            return image_bytes(size, self.reads)
+
+    ceph = client(ceph_cluster)
+    image = str(uuid.uuid4())
+    with pytest.raises(OSError, match="the compute node went away"):
+        ceph.import_image("images", image, Dying())
+    # rbd created the image before the data came: what the caller's undo must remove.
+    assert ceph.exists("images", image)
+    assert ceph.snaps("images", image) == []
+    ceph.remove("images", image)
+    assert not ceph.exists("images", image)
+
+
 def test_export_failures(ceph_cluster: CephCluster, glance_store_rbd: GlanceStoreRbd) -> None:
     image_id, _, _ = glance_add(glance_store_rbd, 3 * EIGHT_MIB, 6)
     ceph = client(ceph_cluster)
