@@ -293,6 +293,45 @@ def test_an_import_cut_short_raises_and_leaves_a_partial_image_without_snap(
     assert not ceph.exists("images", image)
 
 
+def test_repeated_and_racing_actions_fail_distinctly(ceph_cluster: CephCluster) -> None:
+    """What a second run (or a retry after a crash) meets: one error each, told apart by class."""
+    ceph = client(ceph_cluster)
+    image = str(uuid.uuid4())
+    spec = f"images/{image}"
+    ceph.import_image("images", image, io.BytesIO(image_bytes(65536, 9)))
+    ceph.snap_create("images", image)
+    ceph.snap_protect("images", image)
+    with pytest.raises(CephBusyError) as protected:
+        ceph.snap_protect("images", image)
+    assert str(protected.value) == f"rbd snap protect {spec}@snap failed: snap is already protected"
+    ceph.snap_unprotect("images", image)
+    with pytest.raises(CephError) as unprotected:
+        ceph.snap_unprotect("images", image)
+    assert (type(unprotected.value), unprotected.value.errno) == (CephError, 22)
+    ceph.snap_remove("images", image)
+    with pytest.raises(CephNotFoundError):
+        ceph.snap_remove("images", image)
+    ceph.trash_move("images", image)
+    (entry,) = ceph.trash_find("images", image)
+    ceph.import_image("images", image, io.BytesIO(b"other"))  # the name is taken meanwhile
+    with pytest.raises(CephExistsError) as taken:
+        ceph.trash_restore("images", entry.id)
+    assert str(taken.value) == (
+        f"rbd trash restore images/{entry.id} failed: error: an image with the same name already"
+        " exists, try again with a different name"
+    )
+    ceph.remove("images", image)
+    ceph.trash_restore("images", entry.id)
+    with pytest.raises(CephNotFoundError) as gone:
+        ceph.trash_restore("images", entry.id)  # the loser of two restores
+    assert str(gone.value) == (
+        f"rbd trash restore images/{entry.id} failed: error: image does not exist in trash"
+    )
+    ceph.remove("images", image)
+    with pytest.raises(CephNotFoundError):
+        ceph.trash_move("images", image)
+
+
 def test_export_failures(ceph_cluster: CephCluster, glance_store_rbd: GlanceStoreRbd) -> None:
     image_id, _, _ = glance_add(glance_store_rbd, 3 * EIGHT_MIB, 6)
     ceph = client(ceph_cluster)

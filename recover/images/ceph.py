@@ -82,6 +82,7 @@ _RBD_ID_RE = re.compile(r"^[0-9a-f]{1,64}$")
 _CEPHX_KEY_RE = re.compile(r"AQ[A-Za-z0-9+/]{36}==")
 # "2026-11-28T07:30:10.125+0000 7fa9eef136c0 -1 " in front of librados/librbd log lines.
 _LOG_PREFIX_RE = re.compile(r"^\d{4}-\d\d-\d\dT\S+ [0-9a-f]+ +-?\d+ ")
+_LOG_STAMP_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+[+-]\d{4} [0-9a-f]{6,} ")
 _ERRNO_RE = re.compile(r"\((\d+)\) |\[errno (\d+)\]")
 _KEYRING_RE = re.compile(r"unable to find a keyring on (\S+?):? \(2\)")
 _BAD_KEYRING_RE = re.compile(r"auth: failed to load (\S+?): \(")
@@ -414,6 +415,8 @@ class CephClient:
         return [*argv, *args]
 
     def _error(self, tool: str, what: str, returncode: int, stderr: str) -> CephError:
+        # rbd sometimes prints its message without a newline before a log line follows.
+        stderr = _LOG_STAMP_RE.sub(lambda m: "\n" + m.group(), stderr)
         lines = [_LOG_PREFIX_RE.sub("", line).strip() for line in stderr.splitlines()]
         lines = [line for line in lines if line]
         own = [line for line in lines if line.startswith((f"{tool}:", "Error", "[errno"))]
@@ -704,11 +707,12 @@ class CephClient:
                  f"snap create {_spec(pool, image, snap)}")  # fmt: skip
 
     def snap_protect(self, pool: str, image: str, snap: str = SNAP_NAME) -> None:
+        """Already protected -> :class:`CephBusyError` ("snap is already protected", 16)."""
         self.run(RBD, ["snap", "protect", *self._snap_args(pool, image, snap)],
                  f"snap protect {_spec(pool, image, snap)}")  # fmt: skip
 
     def snap_unprotect(self, pool: str, image: str, snap: str = SNAP_NAME) -> None:
-        """Clone v1 children make this fail with :class:`CephBusyError` (EBUSY)."""
+        """Clone v1 children -> :class:`CephBusyError` (16); not protected -> errno 22."""
         self.run(RBD, ["snap", "unprotect", *self._snap_args(pool, image, snap)],
                  f"snap unprotect {_spec(pool, image, snap)}")  # fmt: skip
 
@@ -732,7 +736,8 @@ class CephClient:
         """``rbd trash restore``: trash entry ``rbd_id`` back into ``pool`` (as ``name``).
 
         Without ``name`` it keeps the name it was trashed under (the Glance id).
-        An image of that name already in the pool -> :class:`CephExistsError`.
+        An image of that name already in the pool -> :class:`CephExistsError`; the
+        entry no longer in the trash (another run restored it) -> :class:`CephNotFoundError`.
         """
         args = ["trash", "restore", "--pool", check_pool(pool), "--image-id", check_rbd_id(rbd_id)]
         if name is not None:
