@@ -30,9 +30,12 @@ tests locally and fails them under ``CI=true``.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -278,12 +281,26 @@ class CephCluster:
         return "\n".join(out)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies (Linux ``PR_SET_PDEATHSIG``).
+
+    A pytest killed with SIGKILL cannot stop its daemons; without this a memstore
+    OSD would keep its data in RAM on a machine five agents share.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
+
+
 def _daemon(cluster: CephCluster, name: str, argv: list[str]) -> None:
     """Start ``argv`` (a daemon in the foreground, ``-f``) and remember its process."""
     with open(cluster.directory / "log" / f"{name}.out", "ab") as out:
         cluster.processes[name] = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "LC_ALL": "C", "CEPH_CONF": str(cluster.conf_path)},
+            preexec_fn=_die_with_parent,
         )  # fmt: skip
 
 
