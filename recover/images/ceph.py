@@ -47,6 +47,7 @@ from typing import IO, Any, BinaryIO, Protocol
 from recover.errors import NotFoundError, RecoverError, RefusedError
 from recover.images.digest import DEFAULT_ALGO, Digests, Hasher
 from recover.secrets import scrub
+from recover.text import printable
 
 RBD = "rbd"
 CEPH = "ceph"
@@ -422,7 +423,7 @@ class CephClient:
         lines = [line for line in lines if line]
         own = [line for line in lines if line.startswith((f"{tool}:", "Error", "[errno"))]
         detail = (own or lines or [f"exit status {returncode}"])[-1]
-        detail = detail.removeprefix(f"{tool}: ")
+        detail = printable(detail.removeprefix(f"{tool}: "))
         match = _ERRNO_RE.search(detail)
         # rbd and ceph exit with the errno (39 for "image has snapshots"): the fallback.
         errno = int(match.group(1) or match.group(2)) if match else (returncode or None)
