@@ -663,6 +663,8 @@ from tests.glance_api import RbdStore  # noqa: E402
 
 GLANCE_API_RBD_DB = "ga_glance_rbd"
 """The RBD Glance API's database (its own: ``glance_api``'s stays as it is)."""
+GLANCE_API_RBD_MULTI_DB = "ga_glance_rbd_multi"
+"""The multi-store RBD Glance API's database."""
 
 
 @pytest.fixture(scope="session")
@@ -718,14 +720,39 @@ def glance_api_rbd(
     glance-rbd venv, with database ``ga_glance_rbd`` (dropped, created,
     ``db_sync``). Locations are ``rbd://<fsid>/images/<id>/snap``.
     """
-    mariadb_server.query(f"DROP DATABASE IF EXISTS `{GLANCE_API_RBD_DB}`")
-    mariadb_server.query(f"CREATE DATABASE `{GLANCE_API_RBD_DB}` CHARACTER SET utf8")
-    api = start_glance(
-        tmp_path_factory.mktemp("glance-api-rbd"), glance_rbd_python_venv, mariadb_server,
-        GLANCE_API_RBD_DB, sync=True, rbd=RbdStore(ceph_cluster.conf_path),
+    yield from _glance_rbd(
+        "glance-api-rbd", GLANCE_API_RBD_DB, RbdStore(ceph_cluster.conf_path),
+        glance_rbd_python_venv, mariadb_server, tmp_path_factory,
     )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def glance_api_rbd_multistore(
+    glance_rbd_python_venv: Path,
+    ceph_cluster: CephCluster,
+    mariadb_server: MariaDBServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[GlanceApi]:
+    """As ``glance_api_rbd``, but multi-store: ``enabled_backends = ceph:rbd``, section ``[ceph]``.
+
+    Database ``ga_glance_rbd_multi``; locations carry ``{"store": "ceph"}``.
+    """
+    yield from _glance_rbd(
+        "glance-api-rbd-multi", GLANCE_API_RBD_MULTI_DB,
+        RbdStore(ceph_cluster.conf_path, backend="ceph"), glance_rbd_python_venv,
+        mariadb_server, tmp_path_factory,
+    )  # fmt: skip
+
+
+def _glance_rbd(
+    name: str, db: str, rbd: RbdStore, venv: Path, mariadb_server: MariaDBServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[GlanceApi]:  # fmt: skip
+    mariadb_server.query(f"DROP DATABASE IF EXISTS `{db}`")
+    mariadb_server.query(f"CREATE DATABASE `{db}` CHARACTER SET utf8")
+    api = start_glance(tmp_path_factory.mktemp(name), venv, mariadb_server, db, sync=True, rbd=rbd)
     sys.stderr.write(
-        f"\nglance_api_rbd {api.endpoint}: db_sync {api.sync_seconds:.2f} s,"
+        f"\n{name} {api.endpoint}: db_sync {api.sync_seconds:.2f} s,"
         f" gunicorn up in {api.startup_seconds:.2f} s\n"
     )
     try:

@@ -166,6 +166,15 @@ class RbdStore:
     user: str = "glance"
     pool: str = "images"
     chunk_size: int = 8
+    #: Multi-store (glance/doc/source/admin/multistores.rst): ``enabled_backends =
+    #: <backend>:rbd`` and a ``[<backend>]`` section; locations get ``{"store": <backend>}``.
+    backend: str | None = None
+
+
+def _enabled_backends(rbd: RbdStore | None) -> str:
+    if rbd is None or rbd.backend is None:
+        return ""
+    return f"enabled_backends = {rbd.backend}:rbd\n"
 
 
 def _store_section(store_dir: Path, rbd: RbdStore | None) -> str:
@@ -175,13 +184,25 @@ stores = file
 default_store = file
 filesystem_store_datadir = {store_dir}
 """
-    return f"""[glance_store]
-stores = rbd
-default_store = rbd
-rbd_store_pool = {rbd.pool}
+    options = f"""rbd_store_pool = {rbd.pool}
 rbd_store_user = {rbd.user}
 rbd_store_ceph_conf = {rbd.ceph_conf}
 rbd_store_chunk_size = {rbd.chunk_size}
+"""
+    if rbd.backend is None:
+        return f"[glance_store]\nstores = rbd\ndefault_store = rbd\n{options}"
+    # Multi-store also wants its reserved staging/tasks stores (filesystem) configured.
+    return f"""[glance_store]
+default_backend = {rbd.backend}
+
+[{rbd.backend}]
+store_description = Ceph RBD
+{options}
+[os_glance_staging_store]
+filesystem_store_datadir = {store_dir}/staging
+
+[os_glance_tasks_store]
+filesystem_store_datadir = {store_dir}/tasks
 """
 
 
@@ -218,7 +239,7 @@ enabled_import_methods = []
 show_image_direct_url = true
 delayed_delete = {str(delayed_delete).lower()}
 node_staging_uri = file://{directory}/staging
-
+{_enabled_backends(rbd)}
 [database]
 connection = {db_url}
 

@@ -630,3 +630,22 @@ def test_glance_api_stores_in_rbd_and_its_deletes_follow_the_clone_format(
     ) == [{"status": "deleted", "deleted": 1}]
     assert not ceph.exists("images", ids[2])
     assert [(e.name, e.source) for e in ceph.trash_find("images", ids[2])] == [(ids[2], "USER")]
+
+
+def test_multistore_glance_api_tags_rbd_locations_with_its_backend(
+    glance_api_rbd_multistore: GlanceApi, ceph_cluster: CephCluster
+) -> None:
+    glance = glance_api_rbd_multistore.client()
+    data = image_bytes(EIGHT_MIB // 2 + 1, 20)
+    md5, sha512 = hashes(data)
+    image_id = create_image(glance, data, "raw", name="rbd-multi")
+    shown = glance.images.get(image_id)
+    assert (shown["checksum"], shown["stores"]) == (md5, "ceph")
+    uri = f"rbd://{ceph_cluster.fsid}/images/{image_id}/snap"
+    # glance_store add() puts the backend id into the location's metadata (multi-store).
+    assert glance_api_rbd_multistore.query(
+        "SELECT value, meta_data, status FROM image_locations WHERE image_id = %s", (image_id,)
+    ) == [{"value": uri, "meta_data": '{"store": "ceph"}', "status": "active"}]
+    assert client(ceph_cluster).export_digests("images", image_id, SNAP_NAME) == Digests(
+        md5, "sha512", sha512, len(data)
+    )
