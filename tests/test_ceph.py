@@ -528,6 +528,8 @@ def test_the_key_is_never_in_a_message_or_on_a_command_line(ceph_cluster: CephCl
 
 
 def test_no_monitor_answering_is_a_timeout_error(ceph_cluster: CephCluster, tmp_path: Path) -> None:
+    # Named ceph.conf: Ceph takes $cluster from the file name, and the keyring setting
+    # ($cluster.$name.keyring) must still find ceph.client.glance.keyring.
     conf = tmp_path / "ceph.conf"
     # A port nobody listens on: the client retries until client_mount_timeout.
     text = ceph_cluster.conf_path.read_text()
