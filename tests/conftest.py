@@ -653,3 +653,109 @@ def glance_api_delayed(
         yield api
     finally:
         api.stop()
+
+
+# --- ceph: a real single-node Ceph (mon + memstore OSD) and glance_store's RBD driver ----------
+# (tests/ceph.py). Imported here, not at the top, so this section stays one appended block.
+
+from tests.ceph import CephCluster, GlanceStoreRbd, glance_rbd_venv, start_ceph  # noqa: E402
+from tests.glance_api import RbdStore  # noqa: E402
+
+GLANCE_API_RBD_DB = "ga_glance_rbd"
+"""The RBD Glance API's database (its own: ``glance_api``'s stays as it is)."""
+GLANCE_API_RBD_MULTI_DB = "ga_glance_rbd_multi"
+"""The multi-store RBD Glance API's database."""
+
+
+@pytest.fixture(scope="session")
+def ceph_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephCluster]:
+    """The session's Ceph cluster (``tests.ceph.CephCluster``), started on first use (3-5 s).
+
+    One mon on a free port of 127.0.0.1 (messenger v1), one memstore OSD, cephx;
+    pools ``images`` and ``vms``; users ``admin``, ``glance``, ``nova`` with
+    keyrings found through ``.conf_path``. Stopped (by pid) at session end.
+    Skips locally, fails under ``CI=true``, without the Ceph packages.
+    """
+    cluster = start_ceph(tmp_path_factory.mktemp("ceph"))
+    sys.stderr.write(
+        f"\nceph {cluster.mon_addr} fsid {cluster.fsid}: up in {cluster.startup_seconds:.2f} s"
+        f" {cluster.steps}\n"
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def glance_rbd_python_venv() -> Path:
+    """Venv with glance 33, glance_store and Debian's rados/rbd (``tests.ceph.glance_rbd_venv``).
+
+    ``$RECOVER_GLANCE_RBD_VENV``, else ``glance-rbd-venv`` beside
+    ``$RECOVER_GLANCE_VENV``, else ``.cache/glance-rbd-venv``; built on first
+    use (about 50 s) and reused.
+    """
+    venv, seconds = glance_rbd_venv()
+    if seconds is not None:
+        sys.stderr.write(f"\nglance-rbd venv {venv} built in {seconds:.1f} s\n")
+    return venv
+
+
+@pytest.fixture
+def glance_store_rbd(glance_rbd_python_venv: Path, ceph_cluster: CephCluster) -> GlanceStoreRbd:
+    """glance_store's RBD driver on ``ceph_cluster`` (pool ``images``, user ``glance``)."""
+    return GlanceStoreRbd(glance_rbd_python_venv, ceph_cluster)
+
+
+@pytest.fixture(scope="session")
+def glance_api_rbd(
+    glance_rbd_python_venv: Path,
+    ceph_cluster: CephCluster,
+    mariadb_server: MariaDBServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[GlanceApi]:
+    """A real Glance API whose store is RBD: pool ``images`` of ``ceph_cluster``, as ``glance``.
+
+    As ``glance_api`` (gunicorn, noauth, ``show_image_direct_url``) but on the
+    glance-rbd venv, with database ``ga_glance_rbd`` (dropped, created,
+    ``db_sync``). Locations are ``rbd://<fsid>/images/<id>/snap``.
+    """
+    yield from _glance_rbd(
+        "glance-api-rbd", GLANCE_API_RBD_DB, RbdStore(ceph_cluster.conf_path),
+        glance_rbd_python_venv, mariadb_server, tmp_path_factory,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def glance_api_rbd_multistore(
+    glance_rbd_python_venv: Path,
+    ceph_cluster: CephCluster,
+    mariadb_server: MariaDBServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[GlanceApi]:
+    """As ``glance_api_rbd``, but multi-store: ``enabled_backends = ceph:rbd``, section ``[ceph]``.
+
+    Database ``ga_glance_rbd_multi``; locations carry ``{"store": "ceph"}``.
+    """
+    yield from _glance_rbd(
+        "glance-api-rbd-multi", GLANCE_API_RBD_MULTI_DB,
+        RbdStore(ceph_cluster.conf_path, backend="ceph"), glance_rbd_python_venv,
+        mariadb_server, tmp_path_factory,
+    )  # fmt: skip
+
+
+def _glance_rbd(
+    name: str, db: str, rbd: RbdStore, venv: Path, mariadb_server: MariaDBServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[GlanceApi]:  # fmt: skip
+    mariadb_server.query(f"DROP DATABASE IF EXISTS `{db}`")
+    mariadb_server.query(f"CREATE DATABASE `{db}` CHARACTER SET utf8")
+    api = start_glance(tmp_path_factory.mktemp(name), venv, mariadb_server, db, sync=True, rbd=rbd)
+    sys.stderr.write(
+        f"\n{name} {api.endpoint}: db_sync {api.sync_seconds:.2f} s,"
+        f" gunicorn up in {api.startup_seconds:.2f} s\n"
+    )
+    try:
+        yield api
+    finally:
+        api.stop()

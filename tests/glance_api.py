@@ -152,6 +152,53 @@ class GlanceApi:
 ADMIN_POLICY = '"context_is_admin": "@"\n'
 
 
+@dataclass(frozen=True)
+class RbdStore:
+    """An RBD store for Glance (ceph-rbd.md §4): ``[glance_store] stores = rbd``.
+
+    ``ceph_conf`` (with the client's keyring findable from it), ``user`` (always
+    set: glance_store turns an unset one into the rados id ``'None'``), ``pool``,
+    ``chunk_size`` MiB. The venv must import Debian's ``rados``/``rbd``
+    (``tests.ceph.glance_rbd_venv``).
+    """
+
+    ceph_conf: Path
+    user: str = "glance"
+    pool: str = "images"
+    chunk_size: int = 8
+    #: Multi-store (glance/doc/source/admin/multistores.rst): ``enabled_backends =
+    #: <backend>:rbd`` and a ``[<backend>]`` section; locations get ``{"store": <backend>}``.
+    backend: str | None = None
+
+
+def _rbd_defaults(directory: Path, rbd: RbdStore) -> str:
+    staging = f"node_staging_uri = file://{directory}/staging\n"
+    return staging if rbd.backend is None else f"{staging}enabled_backends = {rbd.backend}:rbd\n"
+
+
+def _rbd_store_section(store_dir: Path, rbd: RbdStore) -> str:
+    options = f"""rbd_store_pool = {rbd.pool}
+rbd_store_user = {rbd.user}
+rbd_store_ceph_conf = {rbd.ceph_conf}
+rbd_store_chunk_size = {rbd.chunk_size}
+"""
+    if rbd.backend is None:
+        return f"[glance_store]\nstores = rbd\ndefault_store = rbd\n{options}"
+    # Multi-store also wants its reserved staging/tasks stores (filesystem) configured.
+    return f"""[glance_store]
+default_backend = {rbd.backend}
+
+[{rbd.backend}]
+store_description = Ceph RBD
+{options}
+[os_glance_staging_store]
+filesystem_store_datadir = {store_dir}/staging
+
+[os_glance_tasks_store]
+filesystem_store_datadir = {store_dir}/tasks
+"""
+
+
 def write_config(
     directory: Path,
     venv: Path,
@@ -162,6 +209,7 @@ def write_config(
     policy: str = ADMIN_POLICY,
     backends: dict[str, str] | None = None,
     extra: str = "",
+    rbd: RbdStore | None = None,
 ) -> Path:
     """Write ``directory/etc/{glance-api.conf, glance-api-paste.ini, policy.yaml}``.
 
@@ -171,6 +219,8 @@ def write_config(
     ``store_dir`` as its datadir; other file backends get ``store_dir``'s siblings named
     like them; ``show_multiple_locations`` lets a test add a location through the API.
     ``extra`` is appended as it is (more sections).
+    ``rbd`` makes the store Ceph RBD instead (single store, or the one backend of a
+    multi-store Glance when ``rbd.backend`` is set).
     """
     etc = directory / "etc"
     for sub in ("etc", "log", "cache", "lock", "staging"):
@@ -188,7 +238,7 @@ image_cache_dir = {directory}/cache
 enabled_import_methods = []
 show_image_direct_url = true
 delayed_delete = {str(delayed_delete).lower()}
-{_multistore_defaults(directory, backends)}
+{_multistore_defaults(directory, backends) if rbd is None else _rbd_defaults(directory, rbd)}
 [database]
 connection = {db_url}
 
@@ -202,7 +252,7 @@ lock_path = {directory}/lock
 [oslo_policy]
 policy_file = {etc}/policy.yaml
 
-{_store_sections(directory, store_dir, backends)}{extra}"""
+{_store_sections(directory, store_dir, backends) if rbd is None else _rbd_store_section(store_dir, rbd)}{extra}"""
     )
     return conf
 
@@ -289,18 +339,20 @@ def start_glance(
     expect: int = 200,
     backends: dict[str, str] | None = None,
     extra: str = "",
+    rbd: RbdStore | None = None,
 ) -> GlanceApi:
     """Write a config in ``directory`` and start gunicorn on a free port of 127.0.0.1.
 
     The database ``db_name`` must exist; ``sync=True`` runs :func:`db_sync` on it
     first. ``store_dir`` defaults to ``directory/images``; two servers may share
-    a database and a store (e.g. one with ``delayed_delete``).
+    a database and a store (e.g. one with ``delayed_delete``). ``rbd`` makes the
+    store an RBD pool instead (``venv`` must then be the glance-rbd venv).
     """
     store_dir = store_dir or directory / "images"
     db_url = server.url(db_name)
     conf = write_config(
         directory, venv, db_url=db_url, store_dir=store_dir, delayed_delete=delayed_delete,
-        policy=policy or ADMIN_POLICY, backends=backends, extra=extra,
+        policy=policy or ADMIN_POLICY, backends=backends, extra=extra, rbd=rbd,
     )  # fmt: skip
     env = glance_env(directory, conf)
     sync_seconds = db_sync(venv, conf, env) if sync else 0.0
