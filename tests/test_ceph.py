@@ -437,6 +437,29 @@ def test_locations_glance_store_writes_parse_and_round_trip() -> None:
     assert not parse_location(uri).zero_fsid
 
 
+STAMP = "2026-11-28T08:20:00.123+0000 7f1234567890 -1 librbd::api::Image: list_descendants: x"
+
+
+@pytest.mark.parametrize(
+    "stderr",
+    [
+        "rbd: listing children failed: (1) Operation not permitted\n",
+        # A librbd log line written between the two pieces of rbd's message (seen in CI).
+        f"rbd: listing children failed: {STAMP}\n(1) Operation not permitted\n",
+        # ... or right after the message, without a newline between them.
+        f"rbd: listing children failed: (1) Operation not permitted{STAMP}\n",
+    ],
+    ids=["plain", "log-line-inside", "log-line-glued"],
+)
+def test_rbd_messages_interleaved_with_log_lines_are_read_whole(stderr: str) -> None:
+    error = CephClient(None, "glance", None)._error("rbd", "children images/x@snap", 1, stderr)
+    assert isinstance(error, CephAccessError)
+    assert str(error) == (
+        "rbd children images/x@snap failed: listing children failed: (1) Operation not "
+        "permitted; client.glance lacks the Ceph caps for this"
+    )
+
+
 def test_hostile_names_never_reach_ceph(ceph_cluster: CephCluster) -> None:
     ceph = client(ceph_cluster)
     before = ceph_cluster.listing()

@@ -85,6 +85,8 @@ _CEPHX_KEY_RE = re.compile(r"AQ[A-Za-z0-9+/]{36}==")
 # "2026-11-28T07:30:10.125+0000 7fa9eef136c0 -1 " in front of librados/librbd log lines.
 _LOG_PREFIX_RE = re.compile(r"^\d{4}-\d\d-\d\dT\S+ [0-9a-f]+ +-?\d+ ")
 _LOG_STAMP_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+[+-]\d{4} [0-9a-f]{6,} ")
+# A whole log line of librados/librbd, wherever it starts (see CephClient._error).
+_LOG_LINE_RE = re.compile(_LOG_STAMP_RE.pattern + r"[^\n]*(?:\n|$)")
 _ERRNO_RE = re.compile(r"\((\d+)\) |\[errno (\d+)\]")
 _KEYRING_RE = re.compile(r"unable to find a keyring on (\S+?):? \(2\)")
 _BAD_KEYRING_RE = re.compile(r"auth: failed to load (\S+?): \(")
@@ -417,11 +419,15 @@ class CephClient:
         return [*argv, *args]
 
     def _error(self, tool: str, what: str, returncode: int, stderr: str) -> CephError:
-        # rbd sometimes prints its message without a newline before a log line follows.
+        # rbd writes its message in pieces (`std::cerr << "rbd: listing children failed: "
+        # << cpp_strerror(r)`, ceph src/tools/rbd/action/*.cc) while librados threads log
+        # whole lines to the same stderr: a log line can land between the pieces, or right
+        # after the message without a newline. Taking the log lines out gives rbd's words back.
+        words = [line.strip() for line in _LOG_LINE_RE.sub("", stderr).splitlines()]
         stderr = _LOG_STAMP_RE.sub(lambda m: "\n" + m.group(), stderr)
         lines = [_LOG_PREFIX_RE.sub("", line).strip() for line in stderr.splitlines()]
         lines = [line for line in lines if line]
-        own = [line for line in lines if line.startswith((f"{tool}:", "Error", "[errno"))]
+        own = [line for line in words if line.startswith((f"{tool}:", "Error", "[errno"))]
         detail = (own or lines or [f"exit status {returncode}"])[-1]
         detail = printable(detail.removeprefix(f"{tool}: "))
         match = _ERRNO_RE.search(detail)
