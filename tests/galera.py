@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import os
 import pwd
+import shlex
 import shutil
+import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -165,6 +167,14 @@ class GaleraNode(MariaDBServer):
         assert process is not None, f"{self.name} is not running"
         return process.pid
 
+    def kill(self) -> None:
+        """SIGKILL this node's ``mariadbd`` (a crash, as ``kill -9``) and reap it."""
+        process = self.executor.process
+        assert process is not None, f"{self.name} is not running"
+        self.close()
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+
     def rss_mib(self) -> float:
         """Resident memory of this node's ``mariadbd`` in MiB (``VmRSS`` of /proc)."""
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -178,7 +188,8 @@ class GaleraCluster:
 
     ``nodes`` (three ``GaleraNode``), ``startup_seconds`` (initialisation to all
     ``Synced``), ``make_db(schema, name) -> [url of node 1, node 2, node 3]``,
-    ``sync()``, ``wait_synced()``, ``rss_mib()``, ``stop()``.
+    ``sync()``, ``wait_synced()``, ``restart(node)`` (after ``node.kill()``),
+    ``rss_mib()``, ``stop()``.
     """
 
     def __init__(self, nodes: Sequence[GaleraNode]) -> None:
@@ -239,6 +250,22 @@ class GaleraCluster:
                     )
                 time.sleep(0.1)
 
+    def restart(self, node: GaleraNode, timeout: float = START_TIMEOUT) -> float:
+        """Start ``node`` again after it stopped or was killed; seconds until all ``Synced``.
+
+        It rejoins the running nodes (never bootstraps a new cluster, even node 1): after a
+        crash its position is unknown, so it takes a full state transfer.
+        """
+        started = time.perf_counter()
+        executor = node.executor
+        executor.kill()  # forgets the dead process (and ends any SST helper it left)
+        parts = [part for part in executor.command_parts if part != "--wsrep-new-cluster"]
+        executor.command_parts = parts
+        executor.command = shlex.join(parts)
+        executor.start()
+        self.wait_synced(timeout)
+        return time.perf_counter() - started
+
     def rss_mib(self) -> float:
         """Resident memory of the three ``mariadbd`` together, in MiB."""
         return sum(node.rss_mib() for node in self.nodes)
@@ -249,6 +276,8 @@ class GaleraCluster:
             node.close()
             if node.executor.running():
                 node.executor.stop()
+            elif node.executor.process is not None:
+                node.executor.kill()  # killed by a test: forget the dead process
 
 
 def _free_ports(count: int) -> list[int]:
