@@ -8,6 +8,8 @@ becomes one ``Error: ...`` line on stderr and exit 1; tracebacks only with
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shlex
 import sys
 import traceback
@@ -55,6 +57,20 @@ def warn(message: str) -> None:
     click.echo(f"Warning: {scrub(message)}", err=True)
 
 
+class _NoteHandler(logging.Handler):
+    """The core's ``log.warning`` calls (e.g. a URL rewritten): ``Note: ...`` on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # click.echo looks the stream up now, so CliRunner's captured stderr gets it too.
+        click.echo(f"Note: {scrub(record.getMessage())}", err=True)
+
+
+_core_log = logging.getLogger("recover")
+if not any(isinstance(h, _NoteHandler) for h in _core_log.handlers):
+    _core_log.addHandler(_NoteHandler(logging.WARNING))
+    _core_log.propagate = False
+
+
 class RecoverGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -65,6 +81,10 @@ class RecoverGroup(click.Group):
             self._fail(ctx, exc, str(exc), exc.exit_code)
         except SQLAlchemyError as exc:
             self._fail(ctx, exc, f"database error: {describe_db_error(exc)}", ExitCode.FAILED)
+        except BrokenPipeError as exc:
+            _silence_stdout()
+            self._fail(ctx, exc, "standard output was closed before the report was complete",
+                       ExitCode.FAILED)  # fmt: skip
         except OSError as exc:
             self._fail(ctx, exc, f"{exc.strerror or exc}: {exc.filename or ''}", ExitCode.FAILED)
         except Exception as exc:  # the last line of defence: still one line, no traceback
@@ -167,8 +187,9 @@ def inventory(app: AppContext, fmt: str, fail_on_orphans: bool) -> None:
     """List live instances whose flavor or image is deleted. Read-only.
 
     Scans every cell: flavors that are soft-deleted, archived into shadow_*
-    tables or gone; images that are deleted, pending_delete, killed or purged,
-    including the snapshots of shelved-offloaded instances. For each orphan:
+    tables or gone, whose internal id a new flavor took (id-reused), or that
+    revert-resize would give back; images that are deleted, pending_delete,
+    killed or purged, including the snapshots of shelved-offloaded instances. For each orphan:
     the instances, their compute hosts, the _base file name, and the command
     that recovers it.
 
@@ -212,16 +233,47 @@ def _confirm_on_terminal() -> Confirm | None:
 
 
 def _report(outcome: Outcome, fmt: str) -> None:
-    if fmt == "json":
-        click.echo(json.dumps(outcome.as_dict(), indent=2, sort_keys=True))
-    elif outcome.status == "dry-run":
-        click.echo(outcome.sql, nl=False)
-    else:
-        click.echo(f"Done: {outcome.plan.title}")
-        for line in (*outcome.plan.notes, *outcome.plan.summary()):
-            click.echo(f"  {line}")
-        click.echo(f"Journal: {outcome.journal}")
-        click.echo(f"Undo:    recover undo {outcome.journal}")
+    committed = outcome.status == "applied"
+    if committed and not _is_terminal(sys.stdout):
+        # The report may go to a pipe that is already closed (`| head`) or to a file on a
+        # full disk: the one thing the operator must not lose is how to undo the commit.
+        click.echo(f"Committed; journal {outcome.journal}; undo: recover undo {outcome.journal}",
+                   err=True)  # fmt: skip
+    try:
+        if fmt == "json":
+            click.echo(json.dumps(outcome.as_dict(), indent=2, sort_keys=True))
+        elif outcome.status == "dry-run":
+            click.echo(outcome.sql, nl=False)
+        else:
+            click.echo(f"Done: {outcome.plan.title}")
+            for line in (*outcome.plan.notes, *outcome.plan.summary()):
+                click.echo(f"  {line}")
+            click.echo(f"Journal: {outcome.journal}")
+            click.echo(f"Undo:    recover undo {outcome.journal}")
+    except BrokenPipeError:
+        if not committed:
+            raise
+        # The work is done and its journal named on stderr: a reader that went away is
+        # not a failure of the recovery.
+        _silence_stdout()
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null, so the interpreter's final flush cannot fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):
+        return  # not a real file (CliRunner): nothing will flush to a closed pipe
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _command_line() -> str:
@@ -257,11 +309,32 @@ def write_options(func: Any) -> Any:
     metavar="UUID",
     help="Newton+: the instance whose embedded flavor to trust when instances disagree.",
 )
+@click.option(
+    "--new-name",
+    metavar="NAME",
+    help="Bring it back under its original ids with this name (when a live flavor took its "
+    "name: nova's API cannot rename a flavor).",
+)
+@click.option(
+    "--drop-extra-spec",
+    "drop_specs",
+    metavar="KEY",
+    multiple=True,
+    help="Newton+: leave this extra spec out (repeatable), e.g. one of two keys that differ "
+    "only in case, which nova_api cannot hold together.",
+)
 @write_options
 @report_format
 @click.pass_obj
 def flavor(
-    app: AppContext, flavor: str, from_instance: str | None, dry_run: bool, yes: bool, fmt: str
+    app: AppContext,
+    flavor: str,
+    from_instance: str | None,
+    new_name: str | None,
+    drop_specs: tuple[str, ...],
+    dry_run: bool,
+    yes: bool,
+    fmt: str,
 ) -> None:
     """Bring a deleted flavor back with its original internal id and flavorid.
 
@@ -270,21 +343,29 @@ def flavor(
     name:m1.small when they clash. Pre-Newton clouds: un-deletes the
     instance_types row and the extra specs and projects deleted with it (or
     moves it back from shadow_instance_types). Newton+: re-inserts it into
-    nova_api from the live instances' instance_extra.flavor.
+    nova_api from the live instances' instance_extra.flavor (and from the old
+    flavor of resized instances, which revert-resize gives back).
 
     Refuses, changing nothing, when the flavor is live, when a live flavor
-    has its name or flavorid, or when no source is left. Every run writes a
-    journal first ($RECOVER_STATE_DIR, default ~/.local/state/recover/journal).
+    has its name (--new-name) or flavorid or took its internal id, when the
+    instances' copies disagree (--from-instance), when a cell cannot be read,
+    or when no source is left. Every run writes a journal first
+    ($RECOVER_STATE_DIR, default ~/.local/state/recover/journal).
 
     \b
     Examples:
       recover --config /etc/recover.ini flavor m1.legacy --dry-run
       recover --config /etc/recover.ini flavor 7 --yes
       recover --config /etc/recover.ini flavor gold.large --from-instance 1b2c...
+      recover --config /etc/recover.ini flavor id:7 --new-name m1.legacy-old --yes
     """
     from recover.flavors import plan_flavor
 
-    recovery = plan_flavor(app.settings, flavor, from_instance)
+    if from_instance is not None:
+        # Nova writes instance uuids in lower case (uuidutils.generate_uuid); clients copy
+        # them in any case.
+        from_instance = from_instance.strip().lower()
+    recovery = plan_flavor(app.settings, flavor, from_instance, new_name, drop_specs)
     try:
         for message in recovery.warnings:
             warn(message)
@@ -331,6 +412,13 @@ def flavor(
     "store backend (file, RBD, Swift) and computes the hashes.",
 )
 @click.option(
+    "--accept-new-bytes",
+    is_flag=True,
+    help="Store the source's bytes even where they cannot be the original upload (another "
+    "virtual size; for a raw image, another size or md5), e.g. a disk rebuilt on purpose. "
+    "Without it such a source is refused; with it the report says loudly that the bytes are NEW.",
+)
+@click.option(
     "--verify/--no-verify",
     default=None,
     help="Download the image through the Glance API afterwards, as Nova does, and fail "
@@ -348,6 +436,7 @@ def image(
     base_file: Path | None,
     disk_format: str | None,
     via_api: bool,
+    accept_new_bytes: bool,
     verify: bool | None,
     dry_run: bool,
     yes: bool,
@@ -364,6 +453,10 @@ def image(
     store atomically. The image row, its location, properties, tags and members
     come back in one transaction, journaled first.
 
+    A source that cannot be this image is refused: its virtual size must equal the
+    image's, and a raw image's _base must be its upload byte for byte (size and md5);
+    --accept-new-bytes overrides that, and the report then says the bytes are NEW.
+
     \b
     Examples:
       recover --config /etc/recover.ini image b3986e99-1988-43bb-b47c-0b34438bc189 \\
@@ -377,11 +470,13 @@ def image(
         raise click.UsageError("--base-file and --from-host are two sources: pick one")
     request = ImageRequest(image_uuid, base_file=base_file, from_host=from_host,
                            instances_path=instances_path, disk_format=disk_format,
-                           via_api=via_api)  # fmt: skip
+                           via_api=via_api, accept_new_bytes=accept_new_bytes)  # fmt: skip
     outcome = recover_image(app.settings, request, dry_run=dry_run, yes=yes,
                             command=_command_line(), confirm=_confirm_on_terminal(),
                             verify=verify)  # fmt: skip
     _report(outcome, fmt)
+    for message in outcome.extra.get("bytes", {}).get("overridden", []):
+        warn(f"NEW BYTES stored (--accept-new-bytes), not the original upload: {message}")
 
 
 @cli.command()
@@ -434,7 +529,7 @@ def undo(app: AppContext, journal_file: Path, dry_run: bool, yes: bool, fmt: str
         ~/.local/state/recover/journal/20261124T020000000000Z-flavor-7.json --yes
     """
     plan = plan_undo(app.settings, journal_file)
-    store_dir = app.settings.store_dir.value
+    store_dir = app.settings.image_dirs()  # filesystem_store_datadirs: any of them
     try:
         if not plan.changes:
             _clean_up_after_interrupted_run(plan, journal_file, store_dir, dry_run)
@@ -453,7 +548,7 @@ def undo(app: AppContext, journal_file: Path, dry_run: bool, yes: bool, fmt: str
 
 
 def _clean_up_after_interrupted_run(
-    plan: Plan, journal_file: Path, store_dir: str, dry_run: bool
+    plan: Plan, journal_file: Path, store_dir: str | tuple[str, ...], dry_run: bool
 ) -> None:
     """The journaled run never committed: its rows are untouched; remove a file it placed."""
     click.echo(f"Nothing to undo in the database: {journal_file} never committed.")

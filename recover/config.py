@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from recover.errors import ConfigError
 from recover.secrets import remember_secret, remember_url_password
@@ -60,6 +61,13 @@ class Settings:
     store_dir: Value = field(default_factory=lambda: Value(DEFAULT_STORE_DIR, "default"))
     #: The default backend id when glance uses ``enabled_backends`` (goes into location meta_data).
     glance_store_id: str | None = None
+    #: Every directory of the store ``store_dir`` belongs to (``filesystem_store_datadirs``),
+    #: ``store_dir`` first: an existing image file may be in any of them.
+    store_dirs: tuple[str, ...] = ()
+    #: The type of Glance's default store (``file``, ``rbd``, ``swift``, ...), when known.
+    glance_store_kind: str | None = None
+    #: Each filesystem backend of a multi-store Glance: ``(backend id, its directories)``.
+    glance_file_stores: tuple[tuple[str, tuple[str, ...]], ...] = ()
     #: glance ``[DEFAULT] hashing_algorithm`` (sha512 when unset).
     hashing_algorithm: str | None = None
     glance_endpoint: Value | None = None
@@ -73,10 +81,24 @@ class Settings:
             return (self.nova_conf_db,)
         return ()
 
+    def image_dirs(self) -> tuple[str, ...]:
+        """The directories an image file of the store may be in, ``store_dir`` first."""
+        return self.store_dirs or (self.store_dir.value,)
 
-def _read_ini(path: str, what: str) -> configparser.RawConfigParser:
+    def file_store_of(self, directory: Path) -> str | None:
+        """The multi-store backend id whose directories include ``directory``, if any."""
+        resolved = directory.resolve()
+        for store_id, dirs in self.glance_file_stores:
+            if any(Path(d).resolve() == resolved for d in dirs):
+                return store_id
+        return None
+
+
+def _read_ini(
+    path: str, what: str, dict_type: type[dict[str, Any]] = dict
+) -> configparser.RawConfigParser:
     # oslo.config files may repeat sections and keys; the last value wins there too.
-    parser = configparser.RawConfigParser(strict=False, interpolation=None)
+    parser = configparser.RawConfigParser(strict=False, interpolation=None, dict_type=dict_type)
     try:
         text = read_bounded(path, what, CONFIG_LIMIT, ConfigError)
         # newline=None: universal newlines, as reading the file in text mode did.
@@ -114,40 +136,122 @@ class GlanceConf:
     """What recover needs from glance-api.conf."""
 
     connection: str | None = None
+    #: Where glance_store writes a new image of the default store (highest priority datadir).
     store_dir: str | None = None
+    #: Every datadir of the default store, ``store_dir`` first.
+    store_dirs: tuple[str, ...] = ()
     store_id: str | None = None
+    #: Type of the default store: ``file``, ``rbd``, ``swift``, ``http``, ``cinder``, ...
+    store_kind: str | None = None
+    #: Multi-store: every ``file`` backend and its datadirs.
+    file_stores: tuple[tuple[str, tuple[str, ...]], ...] = ()
     hashing_algorithm: str | None = None
+
+
+def _datadirs(parser: configparser.RawConfigParser, section: str) -> tuple[str, ...]:
+    """The datadirs of one filesystem store, the one glance_store writes to first.
+
+    glance_store 5.7.0 ``_drivers/filesystem.py`` ``configure_add``: either
+    ``filesystem_store_datadir`` or the repeatable ``filesystem_store_datadirs``
+    (``path[:priority]``, priority 0 by default, both at once is a configuration
+    error); ``_find_best_datadir`` writes into the highest priority, and among equal
+    priorities into the directory with the most free space.
+    """
+    single = _get(parser, section, "filesystem_store_datadir")
+    raw = _get(parser, section, "filesystem_store_datadirs")
+    if raw is None:
+        return (single,) if single else ()
+    if single:
+        raise ConfigError(
+            f"glance config [{section}] sets both filesystem_store_datadir and "
+            "filesystem_store_datadirs, which Glance refuses",
+            hint="glance_store accepts only one of them",
+        )
+    entries: list[tuple[int, int, str]] = []
+    for order, line in enumerate(raw.splitlines()):
+        if not line.strip():
+            continue
+        path, _, priority = (part.strip() for part in line.strip().rpartition(":"))
+        if not path:  # no colon: the whole line is the path
+            path, priority = line.strip(), ""
+        try:
+            rank = int(priority) if priority else 0
+        except ValueError:
+            raise ConfigError(
+                f"glance config [{section}] filesystem_store_datadirs: invalid priority in "
+                f"{line.strip()!r}"
+            ) from None
+        entries.append((-rank, order, path))
+    if not entries:
+        return ()
+    entries.sort()
+    top = [path for rank, _, path in entries if rank == entries[0][0]]
+    first = max(top, key=_free_space)  # stable: the first listed wins a tie
+    return (first, *(path for _, _, path in entries if path != first))
+
+
+def _free_space(path: str) -> int:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return -1
+    return st.f_bavail * st.f_frsize
+
+
+class _MultiStr(dict[str, Any]):
+    """A section whose repeated ``*_datadirs`` keys keep every value, one per line, as
+    oslo.config reads a ``MultiStrOpt``; any other repeated key: the last value wins."""
+
+    def __setitem__(self, key: str, value: object) -> None:
+        previous = self.get(key)
+        if key.endswith("_datadirs") and isinstance(previous, list) and isinstance(value, list):
+            value = [*previous, *value]  # configparser joins the lines with "\n" at the end
+        super().__setitem__(key, value)
 
 
 def read_glance_conf(path: str) -> GlanceConf:
     """Read ``[database] connection`` and the filesystem store of glance-api.conf.
 
-    With ``enabled_backends = fs:file,...`` the datadir lives in the section of
+    With ``enabled_backends = fs:file,...`` the datadirs live in the section of
     the default backend (``[glance_store] default_backend``); otherwise in
-    ``[glance_store] filesystem_store_datadir`` (glance_store 5.7.0
-    ``glance_store/multi_backend.py`` and ``_drivers/filesystem.py``).
+    ``[glance_store]``, and the store is ``[glance_store] default_store`` (``file``
+    unless set) (glance_store 5.7.0 ``glance_store/multi_backend.py``,
+    ``glance_store/backend.py`` and ``_drivers/filesystem.py``).
     """
-    parser = _read_ini(path, "glance config")
-    store_dir = None
+    parser = _read_ini(path, "glance config", _MultiStr)
+    store_dirs: tuple[str, ...] = ()
     store_id = None
+    kind: str | None
+    file_stores: list[tuple[str, tuple[str, ...]]] = []
     backends = _get(parser, "DEFAULT", "enabled_backends")
     if backends:
-        kinds = {}
+        kinds: dict[str, str] = {}
         for item in _split_list(backends):
-            name, _, kind = item.partition(":")
-            kinds[name.strip()] = kind.strip()
+            name, _, backend_kind = item.partition(":")
+            kinds[name.strip()] = backend_kind.strip()
         default = _get(parser, "glance_store", "default_backend")
         if default is None and len(kinds) == 1:
             default = next(iter(kinds))
-        if default is not None and kinds.get(default) == "file":
+        kind = kinds.get(default) if default is not None else None
+        for name, backend_kind in kinds.items():
+            if backend_kind == "file":
+                file_stores.append((name, _datadirs(parser, name)))
+        if kind == "file":
             store_id = default
-            store_dir = _get(parser, default, "filesystem_store_datadir")
+            store_dirs = dict(file_stores)[default] if default else ()
     else:
-        store_dir = _get(parser, "glance_store", "filesystem_store_datadir")
+        kind = (_get(parser, "glance_store", "default_store") or "file").lower()
+        # glance_store names the filesystem store "file" (schemes file://, filesystem://).
+        kind = "file" if kind == "filesystem" else kind
+        if kind == "file":
+            store_dirs = _datadirs(parser, "glance_store")
     return GlanceConf(
         connection=_get(parser, "database", "connection"),
-        store_dir=store_dir,
+        store_dir=store_dirs[0] if store_dirs else None,
+        store_dirs=store_dirs,
         store_id=store_id,
+        store_kind=kind,
+        file_stores=tuple(file_stores),
         hashing_algorithm=_get(parser, "DEFAULT", "hashing_algorithm"),
     )
 
@@ -233,10 +337,22 @@ def resolve(options: Mapping[str, object], environ: Mapping[str, str] | None = N
         glance_db = Value(glance_settings.connection, f"{glance_conf.value} [database] connection")
 
     store_dir = layered("store_dir")
+    store_id = glance_settings.store_id
+    store_dirs = glance_settings.store_dirs
     if store_dir is None and glance_settings.store_dir and glance_conf is not None:
-        store_dir = Value(
-            glance_settings.store_dir, f"{glance_conf.value} filesystem_store_datadir"
-        )
+        key = "filesystem_store_datadirs" if len(store_dirs) > 1 else "filesystem_store_datadir"
+        store_dir = Value(glance_settings.store_dir, f"{glance_conf.value} {key}")
+    elif store_dir is not None:
+        # An explicit directory: the store it is a datadir of, if glance-api.conf names it.
+        chosen = Path(store_dir.value).resolve()
+        store_dirs = (store_dir.value,)
+        for backend, dirs in glance_settings.file_stores or (
+            (glance_settings.store_id, glance_settings.store_dirs),
+        ):
+            if any(Path(d).resolve() == chosen for d in dirs):
+                store_id = backend
+                store_dirs = (store_dir.value, *(d for d in dirs if Path(d).resolve() != chosen))
+                break
     if store_dir is None:
         store_dir = Value(DEFAULT_STORE_DIR, "default")
 
@@ -253,7 +369,10 @@ def resolve(options: Mapping[str, object], environ: Mapping[str, str] | None = N
         nova_conf_db=nova_conf_db,
         glance_db=glance_db,
         store_dir=Value(str(Path(store_dir.value)), store_dir.source),
-        glance_store_id=glance_settings.store_id,
+        glance_store_id=store_id,
+        store_dirs=tuple(str(Path(d)) for d in store_dirs),
+        glance_store_kind=glance_settings.store_kind,
+        glance_file_stores=glance_settings.file_stores,
         hashing_algorithm=glance_settings.hashing_algorithm,
         glance_endpoint=layered("glance_endpoint"),
         os_token=os_token,

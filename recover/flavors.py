@@ -10,19 +10,29 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select
+from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Connection
 
 from recover.config import Settings
 from recover.db.cloud import NovaCloud, open_nova
 from recover.errors import NotFoundError, RefusedError
-from recover.inventory import flavor_store
-from recover.nova import CellReader, FlavorBlobError, FlavorDef, parse_flavor_blob
+from recover.inventory import flavor_store, recreate_command
+from recover.nova import (
+    CellReader,
+    FlavorBlobError,
+    FlavorDef,
+    LiveFlavor,
+    parse_flavor_blob,
+    variants,
+)
 from recover.plan import ConcurrentChangeError, Plan, Row, RowChange
 
 #: Mitaka's flavor_destroy soft-deletes the children right after the flavor, in
@@ -46,6 +56,10 @@ class Candidate:
     definitions: dict[str, FlavorDef] = field(default_factory=dict)
     #: instance uuid -> project id, of live instances using it.
     users: dict[str, str | None] = field(default_factory=dict)
+    #: Resized instances whose copy is their ``old`` flavor (revert-resize gives it back).
+    revert: set[str] = field(default_factory=set)
+    #: Set when a live flavor took this one's internal id: that live flavor.
+    live: LiveFlavor | None = None
 
     def describe(self) -> str:
         where = self.table or "instance_extra.flavor"
@@ -82,6 +96,32 @@ def _matches(
     if kind in (None, "flavorid") and flavorid == token:
         return True
     return kind in (None, "name") and name == token
+
+
+def id_reused_error(candidate: Candidate, definition: FlavorDef | None = None) -> RefusedError:
+    """A deleted flavor whose internal id a live flavor took: what can and cannot be done."""
+    live = candidate.live
+    assert live is not None
+    if definition is None:
+        found = variants(candidate.definitions)[1]
+        definition = found[0].definition
+    holders = sorted(candidate.definitions)
+    held = (
+        f"{len(holders)} live instance(s) still embed the deleted one (e.g. {holders[0]}) and "
+        "nova runs them from that copy"
+        if holders
+        else "no live instance embeds it"
+    )
+    return RefusedError(
+        f"flavor {definition.flavorid!r} ({definition.name!r}) cannot come back under its "
+        f"internal id {candidate.id}: live flavor {live.flavorid!r} ({live.name!r}) took that "
+        f"id after the deletion; {held}",
+        hint=(
+            f"to make flavorid {definition.flavorid!r} resolvable again, re-create it under a new "
+            f"internal id through nova's API: `{recreate_command(definition)}` (the instances "
+            f"keep instance_type_id {candidate.id})"
+        ),
+    )
 
 
 def _users(
@@ -124,6 +164,10 @@ class FlavorFinder:
                 f"{token!r} matches {len(ids)} deleted flavors: {listing}",
                 hint=f"name one by its internal id, e.g. `recover flavor id:{min(ids)}`",
             )
+        reused = self._reused(kind, value)
+        taken = [c for c in candidates if c.id in {r.id for r in reused}]
+        if taken or (reused and not candidates):
+            raise id_reused_error(next(r for r in reused if not taken or r.id == taken[0].id))
         if candidates:
             return candidates[0]
         live = self._live(kind, value)
@@ -145,6 +189,7 @@ class FlavorFinder:
         for cell in self.nova.cells:
             with cell.connect() as conn:
                 referenced = cell.referenced_flavor_ids(conn)
+                referenced |= set(self._revert_copies(cell, conn))
                 rows: list[tuple[str, Row]] = []
                 for table_name in ("instance_types", "shadow_instance_types"):
                     if not cell.db.has_table(table_name):
@@ -180,11 +225,12 @@ class FlavorFinder:
             live = api.live_flavor_ids(conn, set().union(*referenced.values()))
         for cell in self.nova.cells:
             missing = referenced[cell.name] - live
-            if not missing:
-                continue
             with cell.connect() as conn:
                 blobs = cell.flavor_blobs(conn, missing)
                 users = _users(conn, cell, missing)
+                reverts = self._revert_copies(cell, conn)
+            with api.db.engine.connect() as conn:
+                live_old = api.live_flavor_ids(conn, reverts)
             for uuid, flavor_id, text in blobs:
                 try:
                     blob = parse_flavor_blob(text)
@@ -204,9 +250,97 @@ class FlavorFinder:
             for flavor_id, owners in users.items():
                 if flavor_id in by_id:
                     by_id[flavor_id].users.update(owners)
+            # The old flavor of a resized instance is as much a copy as a current one: nova
+            # moved the instance's flavor into ``old`` when the resize began (nova 34
+            # nova/compute/api.py resize), and revert-resize makes it current again.
+            for flavor_id, copies in reverts.items():
+                if flavor_id in live_old:
+                    continue
+                for uuid, (definition, project) in copies.items():
+                    candidate = by_id.get(flavor_id)
+                    if candidate is None:
+                        candidate = by_id[flavor_id] = Candidate(
+                            id=flavor_id, flavorid=definition.flavorid, name=definition.name,
+                            cell=cell,
+                        )  # fmt: skip
+                    if uuid not in candidate.definitions:
+                        candidate.definitions[uuid] = definition
+                        candidate.revert.add(uuid)
+                    candidate.users[uuid] = project
         return [
             c
             for c in by_id.values()
+            if any(_matches(value, kind, c.id, d.flavorid, d.name) for d in c.definitions.values())
+        ]
+
+    def _revert_copies(
+        self, cell: CellReader, conn: Connection
+    ) -> dict[int, dict[str, tuple[FlavorDef, str | None]]]:
+        """Old flavor id -> {uuid: (copy, project)} of the resized instances of ``cell``."""
+        found: dict[int, dict[str, tuple[FlavorDef, str | None]]] = {}
+        for uuid, flavor_id, project, text in cell.resized_flavor_blobs(conn):
+            try:
+                old = parse_flavor_blob(text)["old"]
+            except FlavorBlobError:
+                continue  # warned about where it matters: the instance's current flavor
+            if old is not None and old.id != flavor_id:
+                found.setdefault(old.id, {})[uuid] = (old, project)
+        return found
+
+    def _reused(self, kind: str | None, value: str) -> list[Candidate]:
+        """Flavors whose internal id a live flavor took, that live instances still embed."""
+        by_key: dict[tuple[int, str], Candidate] = {}
+        referenced: dict[str, set[int]] = {}
+        reverts: dict[str, dict[int, dict[str, tuple[FlavorDef, str | None]]]] = {}
+        for cell in self.nova.cells:
+            with cell.connect() as conn:
+                referenced[cell.name] = cell.referenced_flavor_ids(conn)
+                reverts[cell.name] = self._revert_copies(cell, conn)
+        api_live: dict[int, LiveFlavor] = {}
+        if self.store == "api" and self.nova.api is not None:
+            wanted = set().union(*referenced.values(), *(set(r) for r in reverts.values()))
+            with self.nova.api.db.engine.connect() as conn:
+                api_live = self.nova.api.live_flavors(conn, wanted)
+        for cell in self.nova.cells:
+            with cell.connect() as conn:
+                if self.store == "api":
+                    live = api_live
+                else:
+                    ids = referenced[cell.name] | set(reverts[cell.name])
+                    live = {
+                        i: LiveFlavor.from_row(r)
+                        for i, (t, r) in cell.legacy_flavor_rows(conn, ids).items()
+                        if t == "instance_types" and r.deleted == 0
+                    }
+                current = {i: f for i, f in live.items() if i in referenced[cell.name]}
+                found: list[tuple[str, str | None, FlavorDef, bool]] = []
+                for uuid, flavor_id, project, text in cell.reuse_suspect_blobs(conn, current):
+                    try:
+                        blob = parse_flavor_blob(text)
+                    except FlavorBlobError:
+                        continue
+                    copy = next((d for d in blob.values() if d and d.id == flavor_id), None)
+                    if copy is not None:
+                        found.append((uuid, project, copy, False))
+            for copies in reverts[cell.name].values():
+                found += [(u, project, old, True) for u, (old, project) in copies.items()]
+            for uuid, project, copy, revert in found:
+                row = live.get(copy.id)
+                if row is None or not row.contradicted_by(copy):
+                    continue
+                key = (copy.id, copy.flavorid)
+                candidate = by_key.get(key)
+                if candidate is None:
+                    candidate = by_key[key] = Candidate(
+                        id=copy.id, flavorid=copy.flavorid, name=copy.name, cell=cell, live=row,
+                    )  # fmt: skip
+                candidate.definitions.setdefault(uuid, copy)
+                candidate.users[uuid] = project
+                if revert:
+                    candidate.revert.add(uuid)
+        return [
+            c
+            for c in by_key.values()
             if any(_matches(value, kind, c.id, d.flavorid, d.name) for d in c.definitions.values())
         ]
 
@@ -271,16 +405,51 @@ def _restore(cell: CellReader, table: str, row: Row) -> list[RowChange]:
     ]
 
 
-def legacy_plan(candidate: Candidate) -> Plan:
+def clash_error(what: str, value: str, clash_id: int, flavor_id: int) -> RefusedError:
+    """A live flavor has the name or flavorid: say what works (nova's API renames nothing)."""
+    if what == "name":
+        # nova 34 nova/api/openstack/compute/flavor_manage.py: PUT updates the description only.
+        hint = (
+            "names are unique and nova's API cannot rename a flavor: recover this one under its "
+            f"ids with another name, `recover flavor id:{flavor_id} --new-name NAME`, or delete "
+            "the live one first if no instance uses it"
+        )
+    else:
+        hint = (
+            "flavorids are unique and nova's API cannot change one: this flavor can come back "
+            f"only after the live one is deleted (`openstack flavor delete {value}`), if no "
+            f"instance uses it (`openstack server list --all-projects --flavor {value}`)"
+        )
+    return RefusedError(f"a live flavor already has {what} {value!r} (id {clash_id})", hint=hint)
+
+
+def _row_definition(row: Row, specs: list[tuple[str, Row]]) -> FlavorDef:
+    """A legacy row (and its deleted extra specs) as a definition, for the messages."""
+    return FlavorDef(
+        id=row["id"], flavorid=row["flavorid"], name=row["name"], memory_mb=row["memory_mb"],
+        vcpus=row["vcpus"], root_gb=row["root_gb"] or 0, ephemeral_gb=row["ephemeral_gb"] or 0,
+        swap=row["swap"] or 0, rxtx_factor=float(row["rxtx_factor"] or 1.0),
+        vcpu_weight=row["vcpu_weight"], disabled=bool(row["disabled"]),
+        is_public=bool(row["is_public"]),
+        extra_specs=tuple(sorted((r["key"], r["value"]) for _, r in specs)),
+    )  # fmt: skip
+
+
+def legacy_plan(candidate: Candidate, new_name: str | None = None) -> Plan:
     cell, row = candidate.cell, candidate.row
     assert row is not None and candidate.table is not None
     db = cell.db
     types = db.table("instance_types")
+    name = new_name if new_name is not None else row["name"]
     with db.engine.connect() as conn:
         clashes = conn.execute(
             select(types.c.id, types.c.name, types.c.flavorid).where(
                 types.c.deleted == 0,
-                or_(types.c.name == row["name"], types.c.flavorid == row["flavorid"]),
+                or_(
+                    types.c.name == name,
+                    types.c.flavorid == row["flavorid"],
+                    types.c.id == row["id"],
+                ),
             )
         ).all()
         children = {
@@ -290,18 +459,31 @@ def legacy_plan(candidate: Candidate) -> Plan:
                 ("instance_type_projects", "project_id"),
             )
         }
-    for clash in clashes:
-        if clash.id == row["id"]:
+    for clash in sorted(clashes, key=lambda c: c.id != row["id"]):
+        if clash.id == row["id"] and clash.flavorid == row["flavorid"]:
             raise ConcurrentChangeError(
                 f"flavor id {row['id']} was recovered meanwhile, by another run",
                 hint="nothing was changed by this one",
             )
-        what = "name" if clash.name == row["name"] else "flavorid"
-        raise RefusedError(
-            f"a live flavor already has {what} {row[what]!r} (id {clash.id})",
-            hint="un-deleting would break nova's unique key; rename or delete the live one first",
-        )
+        if clash.id == row["id"]:
+            # Archived, then InnoDB handed its id to a new flavor (AUTO_INCREMENT reset).
+            with db.engine.connect() as conn:
+                live = conn.execute(select(types).where(types.c.id == row["id"])).first()
+            assert live is not None
+            taken = Candidate(
+                id=row["id"], flavorid=row["flavorid"], name=row["name"], cell=cell,
+                live=LiveFlavor.from_row(live),
+            )  # fmt: skip
+            specs = children["instance_type_extra_specs"]
+            raise id_reused_error(taken, _row_definition(row, specs))
+        if clash.flavorid == row["flavorid"]:
+            raise clash_error("flavorid", row["flavorid"], clash.id, row["id"])
+        raise clash_error("name", name, clash.id, row["id"])
     changes = _restore(cell, candidate.table, row)
+    if new_name is not None:
+        first = changes[0]
+        assert first.after is not None
+        changes[0] = RowChange(first.table, first.key, first.before, {**first.after, "name": name})
     for rows in children.values():
         for table_name, child_row in rows:
             changes += _restore(cell, table_name, child_row)
@@ -310,19 +492,29 @@ def legacy_plan(candidate: Candidate) -> Plan:
         if candidate.table.startswith("shadow_")
         else "un-delete"
     )
+    title_name = name
     notes = [
         f"{action}: flavor id {row['id']} flavorid {row['flavorid']!r} name {row['name']!r}, "
         f"deleted at {row['deleted_at']}",
         f"with {len(children['instance_type_extra_specs'])} extra spec(s) and "
         f"{len(children['instance_type_projects'])} project(s) deleted together with it",
     ]
+    if new_name is not None:
+        notes.append(_renamed_note(row["name"], name))
     return Plan(
-        title=f"recover flavor {row['flavorid']} (id {row['id']}, {row['name']})",
+        title=f"recover flavor {row['flavorid']} (id {row['id']}, {title_name})",
         db=db,
         target=f"cell:{cell.name}",
         changes=changes,
         notes=notes,
         subject={"kind": "flavor", "id": row["id"]},
+    )
+
+
+def _renamed_note(old: str, new: str) -> str:
+    return (
+        f"named {new!r} instead of {old!r} (--new-name): instances keep showing {old!r}, "
+        "the name in their embedded copy"
     )
 
 
@@ -347,17 +539,16 @@ def choose_definition(candidate: Candidate, from_instance: str | None) -> tuple[
                 hint=f"instances that do: {users}",
             )
         return defs[from_instance], from_instance
-    first_uuid = min(defs)
-    first = defs[first_uuid]
-    differing = {u: d for u, d in defs.items() if d != first}
-    if differing:
-        fields = sorted({f for d in differing.values() for f in first.differences(d)})
+    fields, found = variants(defs)
+    if len(found) > 1:
+        listing = "; ".join(v.describe(fields) for v in found)
         raise RefusedError(
             f"instances disagree about flavor id {candidate.id} (differ in {', '.join(fields)}): "
-            f"{first_uuid} vs {', '.join(sorted(differing))}",
-            hint="name the instance to trust with --from-instance UUID",
+            f"{listing}",
+            hint="name an instance whose copy to trust with --from-instance UUID",
         )
-    return first, first_uuid
+    first_uuid = min(defs)
+    return defs[first_uuid], first_uuid
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -373,46 +564,108 @@ def _next_id(conn: Connection, table: Any) -> int:
     return int(conn.execute(select(func.coalesce(func.max(table.c.id), 0))).scalar_one()) + 1
 
 
-def modern_plan(nova: NovaCloud, candidate: Candidate, from_instance: str | None) -> Plan:
+def _colliding_keys(conn: Connection, table: Any, keys: list[str]) -> list[tuple[str, str]]:
+    """Pairs of extra-spec keys the column's collation holds equal (its unique key refuses both).
+
+    nova_api.flavor_extra_specs.key is utf8_general_ci (openstack-facts.md §1), so
+    'HW:CPU_POLICY' and 'hw:cpu_policy' collide there, though the utf8_bin
+    instance_type_extra_specs of older clouds (and so the embedded copies) held both.
+    """
+    if conn.dialect.name != "mysql" or len(keys) < 2:
+        return []
+    found = conn.execute(
+        sql_text(
+            "SELECT CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t AND COLUMN_NAME = 'key'"
+        ),
+        {"t": table.name},
+    ).first()
+    if found is None or not all(re.fullmatch(r"[A-Za-z0-9_]+", str(v or "")) for v in found):
+        return []
+    charset, collation = found
+    weights = conn.execute(
+        sql_text(
+            "SELECT "
+            + ", ".join(
+                f"WEIGHT_STRING(CONVERT(:k{n} USING {charset}) COLLATE {collation})"
+                for n in range(len(keys))
+            )
+        ),
+        {f"k{n}": key for n, key in enumerate(keys)},
+    ).one()
+    first_of: dict[Any, str] = {}
+    pairs = []
+    for key, weight in zip(keys, weights, strict=True):
+        if weight in first_of:
+            pairs.append((first_of[weight], key))
+        else:
+            first_of[weight] = key
+    return pairs
+
+
+def modern_plan(
+    nova: NovaCloud,
+    candidate: Candidate,
+    from_instance: str | None,
+    new_name: str | None = None,
+    drop_specs: tuple[str, ...] = (),
+) -> Plan:
     api = nova.api
     assert api is not None
     definition, trusted = choose_definition(candidate, from_instance)
+    name = new_name if new_name is not None else definition.name
+    has = [k for k, _ in definition.extra_specs]
+    unknown = [k for k in drop_specs if k not in has]
+    if unknown:
+        raise RefusedError(
+            f"flavor id {definition.id} has no extra spec {unknown[0]!r} to leave out",
+            hint=f"its extra specs: {', '.join(repr(k) for k in has) or 'none'}",
+        )
+    kept = tuple((k, v) for k, v in definition.extra_specs if k not in drop_specs)
     db = api.db
     flavors, specs, projects = (
         db.table(n) for n in ("flavors", "flavor_extra_specs", "flavor_projects")
     )
     with db.engine.connect() as conn:
-        clash = conn.execute(
-            select(flavors.c.id, flavors.c.name, flavors.c.flavorid).where(
+        clashes = conn.execute(
+            select(flavors).where(
                 or_(
                     flavors.c.id == definition.id,
-                    flavors.c.name == definition.name,
+                    flavors.c.name == name,
                     flavors.c.flavorid == definition.flavorid,
                 )
             )
-        ).first()
+        ).all()
         next_spec, next_project = _next_id(conn, specs), _next_id(conn, projects)
-    if clash is not None and (clash.id, clash.name, clash.flavorid) == (
-        definition.id, definition.name, definition.flavorid,
-    ):  # fmt: skip
-        raise ConcurrentChangeError(
-            f"flavor id {definition.id} was recovered meanwhile, by another run",
-            hint="nothing was changed by this one",
-        )
-    if clash is not None:
-        what = (
-            "id"
-            if clash.id == definition.id
-            else "name"
-            if clash.name == definition.name
-            else "flavorid"
-        )
-        value = {"id": definition.id, "name": definition.name, "flavorid": definition.flavorid}[
-            what
-        ]
+        collisions = _colliding_keys(conn, specs, [k for k, _ in kept])
+    for clash in sorted(clashes, key=lambda c: c.id != definition.id):
+        if clash.id == definition.id and clash.flavorid == definition.flavorid:
+            raise ConcurrentChangeError(
+                f"flavor id {definition.id} was recovered meanwhile, by another run",
+                hint="nothing was changed by this one",
+            )
+        if clash.id == definition.id:
+            taken = Candidate(
+                id=definition.id, flavorid=definition.flavorid, name=definition.name,
+                cell=candidate.cell, definitions=candidate.definitions,
+                live=LiveFlavor.from_row(clash),
+            )  # fmt: skip
+            raise id_reused_error(taken, definition)
+        if clash.flavorid == definition.flavorid:
+            raise clash_error("flavorid", clash.flavorid, clash.id, definition.id)
+        # Selected by its name, as the column's collation compares it.
+        raise clash_error("name", name, clash.id, definition.id)
+    if collisions:
+        first, second = collisions[0]
         raise RefusedError(
-            f"a live flavor already has {what} {value!r} (id {clash.id})",
-            hint="rename or delete the live one first: id, name and flavorid are unique",
+            f"the copy of flavor id {definition.id} has extra specs {first!r} and {second!r}, "
+            "which nova_api cannot hold together: flavor_extra_specs has a unique key on "
+            "(flavor_id, key) and its collation compares the two as equal",
+            hint=(
+                "nova itself could not have stored both there; recover the flavor without one "
+                f"of them, e.g. `recover flavor id:{definition.id} --drop-extra-spec "
+                f"{shlex.quote(first)}` (the instances keep both in their embedded copy)"
+            ),
         )
     created = _parse_time(definition.created_at)
     # Instances booted before a later update carry an older copy: the newest stamp is the row's.
@@ -422,7 +675,7 @@ def modern_plan(nova: NovaCloud, candidate: Candidate, from_instance: str | None
     row: Row = {
         "created_at": created,
         "updated_at": _parse_time(max(stamps)) if stamps else None,
-        "name": definition.name,
+        "name": name,
         "id": definition.id,
         "memory_mb": definition.memory_mb,
         "vcpus": definition.vcpus,
@@ -439,7 +692,7 @@ def modern_plan(nova: NovaCloud, candidate: Candidate, from_instance: str | None
     if "description" in flavors.c:
         row["description"] = None
     changes = [RowChange("flavors", {"id": definition.id}, before=None, after=row)]
-    for offset, (key, value) in enumerate(definition.extra_specs):
+    for offset, (key, value) in enumerate(kept):
         spec = {"created_at": created, "updated_at": None, "id": next_spec + offset,
                 "flavor_id": definition.id, "key": key, "value": value}  # fmt: skip
         changes.append(RowChange("flavor_extra_specs", {"id": spec["id"]}, before=None, after=spec))
@@ -454,6 +707,19 @@ def modern_plan(nova: NovaCloud, candidate: Candidate, from_instance: str | None
         f"name {definition.name!r} into nova_api.flavors, from instance_extra.flavor ({source})",
         "description stays NULL: nova never embeds it in instance_extra.flavor",
     ]  # fmt: skip
+    revert = sorted(u for u in candidate.revert if candidate.definitions[u] == definition)
+    if revert:
+        notes.append(
+            f"{len(revert)} of the copies are the old flavor of resized instances, which "
+            "revert-resize gives back"
+        )
+    if new_name is not None:
+        notes.append(_renamed_note(definition.name, name))
+    if drop_specs:
+        notes.append(
+            f"extra spec(s) {', '.join(repr(k) for k in drop_specs)} left out "
+            "(--drop-extra-spec): the instances keep them in their embedded copy"
+        )
     if not definition.is_public:
         for offset, project in enumerate(owners):
             access = {"created_at": created, "updated_at": None, "id": next_project + offset,
@@ -466,7 +732,7 @@ def modern_plan(nova: NovaCloud, candidate: Candidate, from_instance: str | None
             f"({', '.join(owners) or 'none'}); others it had cannot be known"
         )
     return Plan(
-        title=f"recover flavor {definition.flavorid} (id {definition.id}, {definition.name})",
+        title=f"recover flavor {definition.flavorid} (id {definition.id}, {name})",
         db=db,
         target="nova_api",
         changes=changes,
@@ -482,20 +748,46 @@ class FlavorRecovery:
     nova: NovaCloud
 
 
-def plan_flavor(settings: Settings, token: str, from_instance: str | None) -> FlavorRecovery:
-    nova = open_nova(settings)
+def _unreachable_error(nova: NovaCloud) -> RefusedError:
+    names = ", ".join(target.name for target, _ in nova.unreachable)
+    reasons = "; ".join(reason for _, reason in nova.unreachable)
+    return RefusedError(
+        f"{reasons}; recover flavor reads every cell first: the flavor's copies and the "
+        f"instances that use it may be in {names}",
+        hint=(
+            f"fix the access to {names}, or, knowing its instances are left out, name the "
+            "reachable cells with --nova-db URL (repeatable; it replaces the cell_mappings list)"
+        ),
+    )
+
+
+def plan_flavor(
+    settings: Settings,
+    token: str,
+    from_instance: str | None,
+    new_name: str | None = None,
+    drop_specs: tuple[str, ...] = (),
+) -> FlavorRecovery:
+    if new_name is not None and (
+        not new_name.strip() or "\x00" in new_name or len(new_name) > 255 or not _utf8(new_name)
+    ):
+        raise RefusedError(f"--new-name {new_name[:40]!r} is not a flavor name nova accepts")
+    nova = open_nova(settings, allow_unreachable_cells=True)
     try:
+        if nova.unreachable:
+            raise _unreachable_error(nova)
         finder = FlavorFinder(nova)
         candidate = finder.find(token)
         if finder.store == "cell":
-            if from_instance is not None:
+            if from_instance is not None or drop_specs:
+                option = "--from-instance" if from_instance is not None else "--drop-extra-spec"
                 raise RefusedError(
-                    "--from-instance applies to Newton+ clouds, where flavors are rebuilt from "
+                    f"{option} applies to Newton+ clouds, where flavors are rebuilt from "
                     "instances; this flavor has its own row to un-delete"
                 )
-            plan = legacy_plan(candidate)
+            plan = legacy_plan(candidate, new_name)
         else:
-            plan = modern_plan(nova, candidate, from_instance)
+            plan = modern_plan(nova, candidate, from_instance, new_name, drop_specs)
     except BaseException:
         nova.dispose()
         raise

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection, Row
 
 from recover.db.engine import Database
 from recover.db.schema import GlanceSchema
-from recover.nova import chunks
+from recover.nova import chunks, image_key
 
 #: ``images.status`` values that leave an instance without its image.
 ORPHAN_STATUSES = ("deleted", "pending_delete", "killed")
@@ -53,11 +53,16 @@ class GlanceReader:
         self.images = db.table("images")
 
     def image_rows(self, conn: Connection, image_ids: Iterable[str]) -> dict[str, Row[Any]]:
-        ids = sorted(set(image_ids))
+        """``image_key(id) -> row``: the keys are lower case, the rows as Glance has them.
+
+        The ``IN`` list by the primary key, not ``LOWER(id)``: MySQL's collation of
+        ``images.id`` ignores case already, and a function of the key defeats its index.
+        """
+        ids = sorted({image_key(i) for i in image_ids})
         found: dict[str, Row[Any]] = {}
         for batch in chunks(ids):
             for row in conn.execute(select(self.images).where(self.images.c.id.in_(batch))):
-                found[row.id] = row
+                found[image_key(row.id)] = row
         return found
 
     def image_states(self, conn: Connection, image_ids: Iterable[str]) -> dict[str, ImageState]:
@@ -66,14 +71,14 @@ class GlanceReader:
         Enough for :meth:`orphan_status`; the whole rows are then read for the few
         orphans only (:meth:`image_rows`), not for every image an instance uses.
         """
-        ids = sorted(set(image_ids))
+        ids = sorted({image_key(i) for i in image_ids})
         images = self.images
         found: dict[str, ImageState] = {}
         for batch in chunks(ids):
             rows = conn.execute(
                 select(images.c.id, images.c.status, images.c.deleted).where(images.c.id.in_(batch))
             )
-            found.update((r[0], ImageState(r[1], r[2])) for r in rows)
+            found.update((image_key(r[0]), ImageState(r[1], r[2])) for r in rows)
         return found
 
     @staticmethod
@@ -90,7 +95,7 @@ class GlanceReader:
     def deleted_children(
         self, conn: Connection, image_ids: Iterable[str]
     ) -> dict[str, ChildCounts]:
-        ids = sorted(set(image_ids))
+        ids = sorted({image_key(i) for i in image_ids})
         counts: dict[str, dict[str, int]] = {i: {} for i in ids}
         for key, table_name in (
             ("locations", "image_locations"),
@@ -108,19 +113,19 @@ class GlanceReader:
                     .group_by(table.c.image_id)
                 )
                 for image_id, count in rows:
-                    counts[image_id][key] = int(count)
+                    counts[image_key(image_id)][key] = int(count)
         return {i: ChildCounts(**c) for i, c in counts.items()}
 
     def snapshot_ids(self, conn: Connection, image_ids: Iterable[str]) -> set[str]:
         """Images nova made by snapshotting an instance (property ``image_type=snapshot``)."""
-        ids = sorted(set(image_ids))
+        ids = sorted({image_key(i) for i in image_ids})
         if not ids or not self.db.has_table("image_properties"):
             return set()
         props = self.db.table("image_properties")
         found: set[str] = set()
         for batch in chunks(ids):
             found |= {
-                r[0]
+                image_key(r[0])
                 for r in conn.execute(
                     select(props.c.image_id).where(
                         props.c.image_id.in_(batch),

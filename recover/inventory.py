@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -29,8 +30,11 @@ from recover.nova import (
     FlavorBlobError,
     FlavorDef,
     InstanceRef,
+    LiveFlavor,
     LiveRefs,
+    Variant,
     parse_flavor_blob,
+    variants,
 )
 
 LONG_RUNNING = timedelta(days=365)
@@ -61,6 +65,8 @@ class AffectedInstance:
     project_id: str | None
     launched_at: datetime | None
     long_running: bool
+    #: A failed build in cell0: no compute node ever ran it (``recover.db.cells``).
+    never_ran: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -88,10 +94,31 @@ class FlavorOrphan:
     definitions_from_system_metadata: int = 0
     conflicting_instances: list[str] = field(default_factory=list)
     recover: str | None = None
+    #: Failed builds in cell0 that use it: set apart from ``instances`` (never_ran_apart).
+    never_ran: list[AffectedInstance] = field(default_factory=list)
+    #: Resized instances whose ``old`` flavor this is: ``revert-resize`` gives it back.
+    revert_instances: list[AffectedInstance] = field(default_factory=list)
+    #: ``id-reused``: the live flavor that holds the internal id now.
+    live: LiveFlavor | None = None
+    #: instance uuid -> its embedded copy, from every cell.
+    copies: dict[str, FlavorDef] = field(default_factory=dict)
+    #: When the copies disagree: the fields, and each version with its holders.
+    differ_in: list[str] = field(default_factory=list)
+    variants: list[Variant] = field(default_factory=list)
+    note: str | None = None
+    #: ``id-reused``: the nova API command that re-creates it under a new internal id.
+    recreate: str | None = None
 
     @property
     def recoverable(self) -> bool:
         return bool(self.row_table or self.definitions_from_instance_extra)
+
+    @property
+    def at_risk(self) -> list[str]:
+        risks = list(FLAVOR_RISKS) if self.instances else []
+        if self.revert_instances:
+            risks.append("revert-resize")
+        return risks
 
 
 @dataclass
@@ -110,10 +137,27 @@ class ImageOrphan:
     children: ChildCounts
     recover: str | None = None
     note: str | None = None
+    never_ran: list[AffectedInstance] = field(default_factory=list)
+    #: The spellings of the id in the ``image_ref`` of the instances on ``hosts``.
+    spellings: list[str] = field(default_factory=list)
+    #: ``images.status`` as the row says it (``status`` is the contract's word for it).
+    row_status: str | None = None
 
     @property
     def base_file(self) -> str:
-        return base_file_name(self.id)
+        """The ``_base`` name on the hosts: sha1 of ``image_ref`` as the instances spell it.
+
+        nova 34 ``nova/virt/libvirt/driver.py`` ``_create_and_inject_local_root`` names it
+        ``get_cache_fname(instance.image_ref)``, the client's spelling, not Glance's.
+        """
+        if not self.spellings or self.id in self.spellings:
+            return base_file_name(self.id)
+        return base_file_name(self.spellings[0])
+
+    @property
+    def base_files(self) -> list[str]:
+        """Every ``_base`` name in use, when instances spell the id in more than one way."""
+        return sorted({base_file_name(s) for s in self.spellings} | {self.base_file})
 
     @property
     def at_risk(self) -> list[str]:
@@ -140,6 +184,9 @@ class Inventory:
     store_dir: str
     scanned_at: datetime
     warnings: list[str] = field(default_factory=list)
+    #: Orphans that only failed builds in cell0 use: reported apart, not counted.
+    never_ran_flavors: list[FlavorOrphan] = field(default_factory=list)
+    never_ran_images: list[ImageOrphan] = field(default_factory=list)
 
     @property
     def partial(self) -> bool:
@@ -148,6 +195,21 @@ class Inventory:
     @property
     def has_orphans(self) -> bool:
         return bool(self.flavors or self.images)
+
+
+#: Orphan kinds of flavors: the row is soft-deleted, archived, gone, or its id was taken.
+ID_REUSED = "id-reused"
+
+
+@dataclass
+class _FlavorUse:
+    """One instance's reference to a flavor: now (``uses``) or after ``revert-resize``."""
+
+    cell: str
+    ref: InstanceRef
+    flavor_id: int
+    revert: bool
+    copy: FlavorDef | None
 
 
 def _affected(ref: InstanceRef, now: datetime) -> AffectedInstance:
@@ -159,6 +221,7 @@ def _affected(ref: InstanceRef, now: datetime) -> AffectedInstance:
         project_id=ref.project_id,
         launched_at=ref.launched_at,
         long_running=ref.launched_at is not None and now - ref.launched_at > LONG_RUNNING,
+        never_ran=ref.cell0,
     )
 
 
@@ -191,6 +254,10 @@ class _Scan:
         self.store = flavor_store(nova)
         self.warnings: list[str] = []
         self.cells = [CellStatus(t.name, False, err) for t, err in nova.unreachable]
+        #: Per cell: instance_types/shadow_instance_types rows read, by id.
+        self.rows: dict[str, dict[int, tuple[str, Row[Any]]]] = {}
+        #: nova_api.flavors rows of the ids instances use (Newton+).
+        self.live_api: dict[int, LiveFlavor] = {}
 
     def run(self) -> Inventory:
         # Pass 1, one scan per cell: what the live instances use, and which instances.
@@ -216,33 +283,49 @@ class _Scan:
             }
             image_rows = self.glance.image_rows(conn, orphan_images)
 
-        # Pass 2: the instances that use an orphan, by primary key.
-        flavors: dict[int, FlavorOrphan] = {}
+        # Pass 2: the instances that use an orphan, by primary key; with them the instances
+        # whose live flavor row may be another flavor (id reused) and the resized ones.
+        uses: list[_FlavorUse] = []
+        sysmeta: set[str] = set()
         instances_by_image: dict[str, list[InstanceRef]] = {i: [] for i in orphan_images}
         for cell in readable:
             wanted = orphan_flavors.get(cell.name, {})
-            ids = live[cell.name].instance_ids(wanted, orphan_images)
+            scanned = live[cell.name]
+            ids = sorted(
+                {
+                    *scanned.instance_ids(wanted, orphan_images),
+                    *scanned.reuse_suspects(self._live_flavors(cell.name)),
+                    *scanned.resized,
+                }
+            )
             try:
                 with cell.connect() as conn:
                     refs = cell.instances_by_id(conn, ids)
-                    self._collect_flavors(cell, conn, wanted, refs, flavors)
+                    uses += self._flavor_uses(cell, conn, refs)
+                    users = [r.uuid for r in refs if r.flavor_id in wanted]
+                    if users:
+                        sysmeta |= cell.sysmeta_flavor_uuids(conn, users)
             except SQLAlchemyError as exc:
                 self._cell_failed(cell, exc)
                 continue
             for ref in refs:
-                for image_id in {
-                    ref.image_ref or "",
-                    ref.shelved_image_id or "",
-                } & orphan_images.keys():
+                for image_id in {ref.image_id, ref.shelved_id} & orphan_images.keys():
                     instances_by_image[image_id].append(ref)
             self.cells.append(CellStatus(cell.name, True))
 
         images = self._images(orphan_images, image_rows, instances_by_image)
-        self._suggest(flavors.values())
+        flavors = self._flavors(uses, sysmeta)
+        never_ran_flavors = never_ran_apart(flavors)
+        flavors = [f for f in flavors if all(f is not n for n in never_ran_flavors)]
+        never_ran_images = never_ran_apart(images)
+        images = [i for i in images if all(i is not n for n in never_ran_images)]
+        self._suggest(flavors)
         self.cells.sort(key=lambda c: c.name)
         return Inventory(
-            flavors=sorted(flavors.values(), key=lambda f: f.id),
+            flavors=flavors,
             images=sorted(images, key=lambda i: i.id),
+            never_ran_flavors=sorted(never_ran_flavors, key=lambda f: f.id),
+            never_ran_images=sorted(never_ran_images, key=lambda i: i.id),
             cells=self.cells,
             flavor_store=self.store,
             glance_generation=self.glance.schema.generation,
@@ -260,93 +343,134 @@ class _Scan:
     def _orphan_flavor_ids(
         self, cells: list[CellReader], refs: dict[str, set[int]]
     ) -> dict[str, dict[int, tuple[str, Row[Any]] | None]]:
-        """Per cell: orphaned flavor id -> its soft-deleted/archived row, if one survives."""
+        """Per cell: orphaned flavor id -> its soft-deleted/archived row, if one survives.
+
+        Keeps the rows read (``self.rows``) and the live flavors (``_live_flavors``): an
+        instance of a live flavor id may still embed another flavor (id reused).
+        """
         orphans: dict[str, dict[int, tuple[str, Row[Any]] | None]] = {}
-        live_api: set[int] = set()
         if self.store == "api" and self.nova.api is not None:
             with self.nova.api.db.engine.connect() as conn:
-                live_api = self.nova.api.live_flavor_ids(conn, set().union(*refs.values()))
+                self.live_api = self.nova.api.live_flavors(conn, set().union(*refs.values()))
         for cell in cells:
             ids = refs.get(cell.name, set())
             with cell.connect() as conn:
                 rows = cell.legacy_flavor_rows(conn, ids) if cell.schema.has_legacy_flavors else {}
+            self.rows[cell.name] = rows
             if self.store == "api":
-                missing = ids - live_api
+                missing = ids - self.live_api.keys()
             else:
-                missing = {
-                    i
-                    for i in ids
-                    if i not in rows or rows[i][0] != "instance_types" or rows[i][1].deleted != 0
-                }
+                missing = {i for i in ids if i not in self._live_flavors(cell.name)}
             orphans[cell.name] = {i: rows.get(i) for i in sorted(missing)}
         return orphans
 
-    def _collect_flavors(
-        self,
-        cell: CellReader,
-        conn: Any,
-        wanted: dict[int, tuple[str, Row[Any]] | None],
-        refs: list[InstanceRef],
-        flavors: dict[int, FlavorOrphan],
-    ) -> None:
-        if not wanted:
-            return
-        definitions: dict[int, dict[str, FlavorDef]] = {}
-        flavor_of = {r.uuid: r.flavor_id for r in refs if r.flavor_id in wanted}
-        for uuid, text in cell.flavor_blobs_of(conn, flavor_of).items():
-            flavor_id = int(flavor_of[uuid])
-            try:
-                blob = parse_flavor_blob(text)
-            except FlavorBlobError as exc:
-                self.warnings.append(f"instance {uuid} in cell {cell.name}: {exc}; skipped")
+    def _live_flavors(self, cell: str) -> dict[int, LiveFlavor]:
+        """The live flavor rows known for ``cell``: nova_api's, or the cell's instance_types."""
+        if self.store == "api":
+            return self.live_api
+        return {
+            i: LiveFlavor.from_row(row)
+            for i, (table, row) in self.rows.get(cell, {}).items()
+            if table == "instance_types" and row.deleted == 0
+        }
+
+    def _flavor_uses(
+        self, cell: CellReader, conn: Any, refs: list[InstanceRef]
+    ) -> list[_FlavorUse]:
+        """What each instance read embeds: its flavor now, and the flavor a revert gives back."""
+        blobs = cell.flavor_blobs_of(conn, [r.uuid for r in refs if r.flavor_id is not None])
+        uses: list[_FlavorUse] = []
+        for ref in refs:
+            if ref.flavor_id is None:
                 continue
-            match = next((d for d in blob.values() if d is not None and d.id == flavor_id), None)
-            if match is not None:
-                definitions.setdefault(flavor_id, {})[uuid] = match
-        sysmeta: dict[int, set[str]] = {}
-        for uuid in cell.sysmeta_flavor_uuids(conn, flavor_of):
-            sysmeta.setdefault(int(flavor_of[uuid]), set()).add(uuid)
-        for flavor_id, found in wanted.items():
-            orphan = flavors.get(flavor_id)
-            if orphan is None:
-                orphan = flavors[flavor_id] = FlavorOrphan(
-                    id=flavor_id, flavorid=None, name=None, state="missing", instances=[]
-                )
-            if found is not None:
-                table, row = found
-                orphan.row_table = orphan.row_table or table
-                if self.store == "cell":
-                    orphan.state = "archived" if table.startswith("shadow_") else "soft-deleted"
-                    orphan.deleted_at = row.deleted_at
-                orphan.flavorid = orphan.flavorid or row.flavorid
-                orphan.name = orphan.name or row.name
-            defs = definitions.get(flavor_id, {})
-            orphan.definitions_from_instance_extra += len(defs)
-            orphan.definitions_from_system_metadata += len(sysmeta.get(flavor_id, ()))
-            if defs:
-                first = defs[min(defs)]
-                orphan.flavorid = orphan.flavorid or first.flavorid
-                orphan.name = orphan.name or first.name
-                conflicting = sorted(u for u, d in defs.items() if d != first)
-                if conflicting:
-                    orphan.conflicting_instances = sorted(
-                        {*orphan.conflicting_instances, min(defs), *conflicting}
+            blob: dict[str, FlavorDef | None] = {}
+            if ref.uuid in blobs:
+                try:
+                    blob = parse_flavor_blob(blobs[ref.uuid])
+                except FlavorBlobError as exc:
+                    self.warnings.append(f"instance {ref.uuid} in cell {cell.name}: {exc}; skipped")
+            uses.append(_FlavorUse(cell.name, ref, ref.flavor_id, False, _copy_of(blob, ref)))
+            old = blob.get("old")
+            # nova 34 nova/compute/manager.py finish_revert_resize: _set_instance_info(instance,
+            # instance.old_flavor) makes the old flavor the instance's flavor again.
+            if ref.vm_state == "resized" and old is not None and old.id != ref.flavor_id:
+                uses.append(_FlavorUse(cell.name, ref, old.id, True, old))
+        unknown = {u.flavor_id for u in uses if u.revert} - self.rows.get(cell.name, {}).keys()
+        if unknown and self.store == "cell" and cell.schema.has_legacy_flavors:
+            self.rows.setdefault(cell.name, {}).update(cell.legacy_flavor_rows(conn, unknown))
+        return uses
+
+    def _flavors(self, uses: list[_FlavorUse], sysmeta: set[str]) -> list[FlavorOrphan]:
+        """The orphans among the flavors instances use (or get back on revert-resize)."""
+        if self.store == "api" and self.nova.api is not None:
+            unknown = {u.flavor_id for u in uses if u.revert} - self.live_api.keys()
+            if unknown:
+                with self.nova.api.db.engine.connect() as conn:
+                    self.live_api.update(self.nova.api.live_flavors(conn, unknown))
+        gone: dict[int, FlavorOrphan] = {}
+        reused: dict[tuple[int, str], FlavorOrphan] = {}
+        for use in uses:
+            live_row = self._live_flavors(use.cell).get(use.flavor_id)
+            if live_row is None:
+                orphan = gone.get(use.flavor_id)
+                if orphan is None:
+                    orphan = gone[use.flavor_id] = FlavorOrphan(
+                        id=use.flavor_id, flavorid=None, name=None, state="missing", instances=[]
                     )
-            orphan.instances.extend(
-                _affected(r, self.now) for r in refs if r.flavor_id == flavor_id
-            )
-        for orphan in flavors.values():
+                self._row_facts(orphan, self.rows.get(use.cell, {}).get(use.flavor_id))
+                if not use.revert and use.ref.uuid in sysmeta:
+                    orphan.definitions_from_system_metadata += 1
+            elif use.copy is not None and live_row.contradicted_by(use.copy):
+                key = (use.flavor_id, use.copy.flavorid)
+                orphan = reused.get(key)
+                if orphan is None:
+                    orphan = reused[key] = FlavorOrphan(
+                        id=use.flavor_id, flavorid=use.copy.flavorid, name=use.copy.name,
+                        state=ID_REUSED, instances=[], live=live_row,
+                    )  # fmt: skip
+            else:
+                continue
+            affected = _affected(use.ref, self.now)
+            (orphan.revert_instances if use.revert else orphan.instances).append(affected)
+            if use.copy is not None:
+                orphan.copies[use.ref.uuid] = use.copy
+        orphans = [*gone.values(), *reused.values()]
+        for orphan in orphans:
             orphan.instances.sort(key=lambda a: a.uuid)
+            orphan.revert_instances.sort(key=lambda a: a.uuid)
+            copies = orphan.copies
+            orphan.definitions_from_instance_extra = len(copies)
+            if not copies:
+                continue
+            first = copies[min(copies)]
+            orphan.flavorid = orphan.flavorid or first.flavorid
+            orphan.name = orphan.name or first.name
+            orphan.differ_in, found = variants(copies)
+            if len(found) > 1:
+                orphan.variants = found
+                orphan.conflicting_instances = sorted(
+                    {min(copies), *(u for u, d in copies.items() if d != first)}
+                )
+        return sorted(orphans, key=lambda o: (o.id, o.state == ID_REUSED, o.flavorid or ""))
+
+    def _row_facts(self, orphan: FlavorOrphan, found: tuple[str, Row[Any]] | None) -> None:
+        if found is None:
+            return
+        table, row = found
+        orphan.row_table = orphan.row_table or table
+        if self.store == "cell":
+            orphan.state = "archived" if table.startswith("shadow_") else "soft-deleted"
+            orphan.deleted_at = row.deleted_at
+        orphan.flavorid = orphan.flavorid or row.flavorid
+        orphan.name = orphan.name or row.name
 
     def _store_file(self, image_id: str) -> bool | None:
-        store = Path(self.settings.store_dir.value)
-        if (
-            not UUID_RE.match(image_id)
-            or not store.is_dir()
-            or not os.access(store, os.R_OK | os.X_OK)
-        ):
+        # Every datadir of the store (filesystem_store_datadirs): the file may be in any.
+        stores = [Path(d) for d in self.settings.image_dirs()]
+        readable = [s for s in stores if s.is_dir() and os.access(s, os.R_OK | os.X_OK)]
+        if not UUID_RE.match(image_id) or len(readable) < len(stores):
             return None
-        return (store / image_id).is_file()
+        return any((store / image_id).is_file() for store in readable)
 
     def _images(
         self,
@@ -360,14 +484,20 @@ class _Scan:
         images = []
         for image_id, status in orphan_images.items():
             row = rows.get(image_id)
-            refs = sorted(instances[image_id], key=lambda r: r.uuid)
+            every = sorted(instances[image_id], key=lambda r: r.uuid)
+            refs = [r for r in every if not r.cell0]
+            booted = [r for r in refs if r.host and r.image_id == image_id]
             image = ImageOrphan(
-                id=image_id,
+                # As Glance has it; image_id is its lower-case key (nova.image_key).
+                id=row.id if row is not None else image_id,
                 name=row.name if row is not None else None,
                 status=status,
                 instances=[_affected(r, self.now) for r in refs],
-                shelved_instances=sorted(r.uuid for r in refs if r.shelved_image_id == image_id),
-                hosts=sorted({r.host for r in refs if r.host and r.image_ref == image_id}),
+                never_ran=[_affected(r, self.now) for r in every if r.cell0],
+                shelved_instances=sorted(r.uuid for r in refs if r.shelved_id == image_id),
+                hosts=sorted({str(r.host) for r in booted}),
+                spellings=sorted({str(r.image_ref) for r in booted}),
+                row_status=row.status if row is not None else None,
                 disk_format=row.disk_format if row is not None else None,
                 size=row.size if row is not None else None,
                 deleted_at=row.deleted_at if row is not None else None,
@@ -376,18 +506,76 @@ class _Scan:
                 children=children.get(image_id, ChildCounts()),
             )
             image.recover, image.note = _image_suggestion(image)
+            if image.recover and image.row_status == "deactivated":
+                image.note = f"{image.note}; it comes back deactivated, as an admin left it"
             images.append(image)
         return images
 
-    def _suggest(self, flavors: Any) -> None:
-        orphans = list(flavors)
+    def _suggest(self, orphans: list[FlavorOrphan]) -> None:
         for orphan in orphans:
-            if not orphan.recoverable:
+            token = shlex.quote(_flavor_token(orphan, orphans))
+            if orphan.state == ID_REUSED:
+                orphan.note, orphan.recreate = id_reused_note(orphan)
+            elif not orphan.recoverable:
                 continue
-            command = f"recover flavor {shlex.quote(_flavor_token(orphan, orphans))}"
-            if orphan.conflicting_instances:
-                command += f" --from-instance {shlex.quote(orphan.conflicting_instances[0])}"
-            orphan.recover = command
+            elif self.store == "cell" and orphan.row_table is None:
+                # Before Newton recover un-deletes rows; it re-creates flavors from the
+                # instances' copies only in nova_api (flavors.py).
+                orphan.note = (
+                    "no instance_types or shadow_instance_types row is left to un-delete; "
+                    "recover re-creates flavors from instance copies only in nova_api"
+                )
+            elif orphan.variants and self.store == "api":
+                orphan.note = (
+                    f"the copies disagree in {', '.join(orphan.differ_in)}: choose the one to "
+                    f"trust, `recover flavor {token} --from-instance UUID` with an instance "
+                    "that holds it"
+                )
+            else:
+                orphan.recover = f"recover flavor {token}"
+
+
+def _copy_of(blob: dict[str, FlavorDef | None], ref: InstanceRef) -> FlavorDef | None:
+    """The embedded copy of the flavor ``instance_type_id`` names: ``cur``, else old/new."""
+    copies = [blob.get(k) for k in ("cur", "new", "old")]
+    return next((d for d in copies if d is not None and d.id == ref.flavor_id), None)
+
+
+def recreate_command(definition: FlavorDef) -> str:
+    """The nova API call that re-creates a flavor under its flavorid with a new internal id."""
+    words = ["openstack", "flavor", "create", "--id", definition.flavorid]
+    words += ["--ram", str(definition.memory_mb), "--vcpus", str(definition.vcpus)]
+    words += ["--disk", str(definition.root_gb)]
+    if definition.ephemeral_gb:
+        words += ["--ephemeral", str(definition.ephemeral_gb)]
+    if definition.swap:
+        words += ["--swap", str(definition.swap)]
+    if definition.rxtx_factor != 1.0:
+        words += ["--rxtx-factor", f"{definition.rxtx_factor:g}"]
+    if not definition.is_public:
+        words.append("--private")
+    for key, value in definition.extra_specs:
+        words += ["--property", f"{key}={value}"]
+    words.append(definition.name)
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def id_reused_note(orphan: FlavorOrphan) -> tuple[str, str]:
+    """What can and cannot be done for a flavor whose internal id a live flavor took.
+
+    Returns the explanation and the nova API command that re-creates the flavor under
+    its flavorid (nova assigns a new internal id; the instances keep the old one).
+    """
+    assert orphan.live is not None
+    live = orphan.live
+    copy = orphan.variants[0].definition if orphan.variants else orphan.copies[min(orphan.copies)]
+    note = (
+        f"its internal id {orphan.id} now belongs to live flavor {live.flavorid!r} "
+        f"({live.name!r}), so it cannot come back under that id; nova runs the instances "
+        "from their embedded copy; to make its flavorid resolvable again, recreate it under "
+        "a new internal id"
+    )
+    return note, recreate_command(copy)
 
 
 def _flavor_token(orphan: FlavorOrphan, orphans: list[FlavorOrphan]) -> str:
@@ -398,8 +586,36 @@ def _flavor_token(orphan: FlavorOrphan, orphans: list[FlavorOrphan]) -> str:
     return str(orphan.id)
 
 
+def never_ran_apart(orphans: Iterable[Any]) -> list[Any]:
+    """Move the failed builds of cell0 out of each orphan's ``instances``; return the
+    orphans that only such builds use (the caller lists them apart).
+
+    nova's conductor buries an instance it could not schedule in cell0 (nova
+    ``nova/conductor/manager.py`` ``_bury_in_cell0``): it never ran on a compute node, so
+    it has no ``_base`` file, nothing to rebuild or evacuate, and can only be deleted.
+    """
+    apart = []
+    for orphan in orphans:
+        orphan.never_ran = sorted(
+            [*orphan.never_ran, *(a for a in orphan.instances if a.never_ran)],
+            key=lambda a: a.uuid,
+        )
+        orphan.instances = [a for a in orphan.instances if not a.never_ran]
+        # A resized instance gets the flavor back on revert-resize: that one ran.
+        ran = orphan.instances or getattr(orphan, "revert_instances", [])
+        if orphan.never_ran and not ran:
+            orphan.recover = None
+            apart.append(orphan)
+    return apart
+
+
 def _image_suggestion(image: ImageOrphan) -> tuple[str | None, str | None]:
     quoted = shlex.quote(image.id)
+    if image.never_ran and not image.instances:
+        return None, (
+            "only failed builds in cell0 use it: no compute node ever ran them; "
+            "delete them (openstack server delete) rather than recover the image"
+        )
     if image.status == "missing":
         return None, "the images row was purged; recover cannot re-create it under the same id"
     if image.store_file:

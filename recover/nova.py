@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, null, or_, select
+from sqlalchemy import and_, func, null, or_, select
 from sqlalchemy.engine import Connection, Row
 
 from recover.db.engine import Database
@@ -80,6 +80,102 @@ class FlavorDef:
             f for f in (*FLAVOR_FIELDS, "extra_specs") if getattr(self, f) != getattr(other, f)
         ]
         return names
+
+
+#: Fields nova never changes once a flavor exists (its API updates only the description, the
+#: extra specs and the access list: nova 34 nova/api/openstack/compute/flavor_manage.py
+#: ``_update``): a copy that differs in one of them is a copy of another flavor.
+IDENTITY_FIELDS = ("flavorid", "name", "memory_mb", "vcpus", "root_gb", "ephemeral_gb", "swap")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One version of a flavor among the copies instances embed, and who holds it."""
+
+    definition: FlavorDef
+    count: int
+    #: The smallest uuid of an instance holding it, to name with ``--from-instance``.
+    example: str
+
+    def values(self, fields: Sequence[str]) -> dict[str, Any]:
+        return {
+            f: dict(self.definition.extra_specs)
+            if f == "extra_specs"
+            else getattr(self.definition, f)
+            for f in fields
+        }
+
+    def shown(self, fields: Sequence[str]) -> str:
+        return ", ".join(
+            f"{k}={json.dumps(v, sort_keys=True) if isinstance(v, dict) else repr(v)}"
+            for k, v in self.values(fields).items()
+        )
+
+    def describe(self, fields: Sequence[str]) -> str:
+        return f"{self.count} instance(s) hold {self.shown(fields)} (e.g. {self.example})"
+
+
+def variants(copies: dict[str, FlavorDef]) -> tuple[list[str], list[Variant]]:
+    """The fields the copies differ in, and each distinct copy: most instances first."""
+    groups: list[tuple[FlavorDef, list[str]]] = []
+    for uuid in sorted(copies):
+        definition = copies[uuid]
+        for known, holders in groups:
+            if known == definition:
+                holders.append(uuid)
+                break
+        else:
+            groups.append((definition, [uuid]))
+    found = [Variant(d, len(holders), holders[0]) for d, holders in groups]
+    found.sort(key=lambda v: (-v.count, v.example))
+    if not found:
+        return [], []
+    first = found[0].definition
+    return sorted({f for v in found[1:] for f in first.differences(v.definition)}), found
+
+
+@dataclass(frozen=True)
+class LiveFlavor:
+    """A live flavor row (``nova_api.flavors`` or a live ``instance_types`` row)."""
+
+    id: int
+    flavorid: str
+    name: str
+    memory_mb: int
+    vcpus: int
+    root_gb: int
+    ephemeral_gb: int
+    swap: int
+    created_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> LiveFlavor:
+        return cls(
+            id=int(row.id), flavorid=str(row.flavorid), name=str(row.name),
+            memory_mb=int(row.memory_mb or 0), vcpus=int(row.vcpus or 0),
+            root_gb=int(row.root_gb or 0), ephemeral_gb=int(row.ephemeral_gb or 0),
+            swap=int(row.swap or 0), created_at=row.created_at,
+        )  # fmt: skip
+
+    def contradicted_by(self, copy: FlavorDef) -> list[str]:
+        """Whether an instance's copy is of another flavor: its flavorid or name differ.
+
+        A copy with this flavorid and name but other sizes is this flavor with copies that
+        disagree (edited by hand, or recovered from another variant), not a reused id.
+        """
+        return [f for f in ("flavorid", "name") if getattr(self, f) != getattr(copy, f)]
+
+    def may_not_hold(self, sizes: tuple[int, int, int, int], created_at: datetime | None) -> bool:
+        """Whether an instance with these ``instances`` columns may embed another flavor.
+
+        nova 34 ``nova/compute/manager.py`` ``_set_instance_info`` copies memory_mb, vcpus,
+        root_gb and ephemeral_gb with ``instance_type_id``, so an instance of this flavor
+        has its sizes; and it cannot be older than the flavor unless resized to it later.
+        Only instances for which this is True need their ``instance_extra.flavor`` read.
+        """
+        if created_at is None or self.created_at is None or created_at < self.created_at:
+            return True
+        return sizes != (self.memory_mb, self.vcpus, self.root_gb, self.ephemeral_gb)
 
 
 class FlavorBlobError(ValueError):
@@ -155,6 +251,28 @@ class InstanceRef:
     flavor_id: int | None
     image_ref: str | None
     shelved_image_id: str | None
+    #: In cell0: a failed build that no compute node ever ran.
+    cell0: bool = False
+
+    @property
+    def image_id(self) -> str:
+        """``image_ref`` as Glance names it: Nova keeps the client's spelling (see image_key)."""
+        return image_key(self.image_ref)
+
+    @property
+    def shelved_id(self) -> str:
+        return image_key(self.shelved_image_id)
+
+
+def image_key(value: str | None) -> str:
+    """An image id as it compares: lower case, ``''`` for none.
+
+    Nova stores ``image_ref`` as the client sent it, and Glance, whose ``images.id`` is
+    varchar(36) in a case-insensitive collation on MySQL, serves ``GET /v2/images/<ID>``
+    for any spelling (glance 33 ``glance/db/sqlalchemy/api.py`` ``_image_get`` compares
+    ``id`` in SQL). Glance writes lower-case ids (``uuidutils.generate_uuid``).
+    """
+    return (value or "").lower()
 
 
 @dataclass
@@ -167,10 +285,18 @@ class LiveRefs:
 
     #: ``instance_type_id`` -> ids of the live instances with that flavor
     flavors: dict[int, list[int]] = field(default_factory=dict)
-    #: ``image_ref`` (boot-from-volume ``''`` left out) -> ids
+    #: ``image_ref`` (boot-from-volume ``''`` left out; lower case, :func:`image_key`) -> ids
     images: dict[str, list[int]] = field(default_factory=dict)
-    #: ``shelved_image_id`` of shelved-offloaded instances -> ids
+    #: ``shelved_image_id`` of shelved-offloaded instances (lower case) -> ids
     shelved: dict[str, list[int]] = field(default_factory=dict)
+    #: (instance_type_id, memory_mb, vcpus, root_gb, ephemeral_gb) -> (id, created_at) of
+    #: each instance: what :meth:`reuse_suspects` compares with the live flavor rows.
+    sizes: dict[tuple[int, int, int, int, int], list[tuple[int, datetime | None]]] = field(
+        default_factory=dict
+    )
+    #: ids of the instances in vm_state ``resized``: their ``instance_extra.flavor`` ``old``
+    #: is the flavor ``revert-resize`` gives back (nova 34 ``finish_revert_resize``).
+    resized: list[int] = field(default_factory=list)
 
     def image_ids(self) -> set[str]:
         return self.images.keys() | self.shelved.keys()
@@ -185,14 +311,33 @@ class LiveRefs:
             found.update(self.shelved.get(image_id, ()))
         return sorted(found)
 
+    def reuse_suspects(self, live: dict[int, LiveFlavor]) -> list[int]:
+        """Ids of instances whose live flavor row may be another flavor than the one they embed.
+
+        A deleted flavor's internal id can be taken by a new flavor (InnoDB resets
+        AUTO_INCREMENT to max(id)+1 at restart before MariaDB 10.2.4 / MySQL 8.0).
+        """
+        found: list[int] = []
+        for (flavor_id, *sizes), members in self.sizes.items():
+            row = live.get(flavor_id)
+            if row is None:
+                continue
+            key = (sizes[0], sizes[1], sizes[2], sizes[3])
+            found += [i for i, created in members if row.may_not_hold(key, created)]
+        return sorted(found)
+
 
 class CellReader:
     """Read-only queries against one Nova cell database."""
 
-    def __init__(self, name: str, db: Database, schema: NovaCellSchema) -> None:
+    def __init__(
+        self, name: str, db: Database, schema: NovaCellSchema, *, cell0: bool = False
+    ) -> None:
         self.name = name
         self.db = db
         self.schema = schema
+        #: cell0: failed builds only, never run on any compute node (recover.db.cells).
+        self.cell0 = cell0
         self.instances = db.table("instances")
 
     def connect(self) -> Connection:
@@ -261,18 +406,24 @@ class CellReader:
         each one (for :meth:`instances_by_id`).
         """
         i = self.instances
-        query = self._with_shelved([i.c.id, i.c.instance_type_id, i.c.image_ref]).where(
-            i.c.deleted == 0
-        )
+        columns = [i.c.id, i.c.instance_type_id, i.c.image_ref, i.c.vm_state, i.c.created_at]
+        columns += [i.c.memory_mb, i.c.vcpus, i.c.root_gb, i.c.ephemeral_gb]
+        query = self._with_shelved(columns).where(i.c.deleted == 0)
         refs = LiveRefs()
         result = conn.execution_options(stream_results=True, yield_per=STREAM_ROWS).execute(query)
-        for instance_id, flavor_id, image_ref, shelved_image_id in result:
+        for row in result:
+            instance_id, flavor_id, image_ref, vm_state, created_at = row[:5]
+            shelved_image_id = row[-1]
             if flavor_id is not None:
                 refs.flavors.setdefault(int(flavor_id), []).append(instance_id)
+                sizes = (int(flavor_id), *(int(v or 0) for v in row[5:9]))
+                refs.sizes.setdefault(sizes, []).append((instance_id, created_at))  # type: ignore[arg-type]
+            if vm_state == "resized":
+                refs.resized.append(instance_id)
             if image_ref:
-                refs.images.setdefault(image_ref, []).append(instance_id)
+                refs.images.setdefault(image_key(image_ref), []).append(instance_id)
             if shelved_image_id:
-                refs.shelved.setdefault(shelved_image_id, []).append(instance_id)
+                refs.shelved.setdefault(image_key(shelved_image_id), []).append(instance_id)
         return refs
 
     def instances_by_id(self, conn: Connection, instance_ids: Sequence[int]) -> list[InstanceRef]:
@@ -350,7 +501,7 @@ class CellReader:
         self, conn: Connection, flavor_ids: Iterable[int], image_ids: Iterable[str]
     ) -> list[InstanceRef]:
         flavor_list = sorted(set(flavor_ids))
-        image_list = sorted(set(image_ids))
+        image_list = sorted({image_key(i) for i in image_ids})
         if not flavor_list and not image_list:
             return []
         i = self.instances
@@ -359,7 +510,10 @@ class CellReader:
         if flavor_list:
             conditions.append(i.c.instance_type_id.in_(flavor_list))
         if image_list:
-            conditions.append(i.c.image_ref.in_(image_list))
+            # LOWER(): Nova keeps the client's spelling of image_ref (image_key); a MySQL
+            # collation would ignore case anyway, SQLite would not. No index on image_ref
+            # (nova-ab450ba04102.sql): this was a scan of the live instances already.
+            conditions.append(func.lower(i.c.image_ref).in_(image_list))
         columns = [i.c[name] for name in INSTANCE_COLUMNS]
         if has_sm and image_list:
             sm = self.db.table("instance_system_metadata")
@@ -368,7 +522,7 @@ class CellReader:
                     select(sm.c.instance_uuid).where(
                         sm.c.key == SHELVED_IMAGE_KEY,
                         sm.c.deleted == 0,
-                        sm.c.value.in_(image_list),
+                        func.lower(sm.c.value).in_(image_list),
                     )
                 )
             )
@@ -388,6 +542,7 @@ class CellReader:
             flavor_id=row.instance_type_id,
             image_ref=row.image_ref,
             shelved_image_id=row.shelved_image_id,
+            cell0=self.cell0,
         )
 
     def flavor_blobs(
@@ -410,6 +565,67 @@ class CellReader:
             .order_by(i.c.uuid)
         )
         return [(r[0], int(r[1]), r[2]) for r in rows]
+
+    def resized_flavor_blobs(self, conn: Connection) -> list[tuple[str, int, str | None, str]]:
+        """``(uuid, instance_type_id, project_id, instance_extra.flavor)`` of resized instances."""
+        if not self.schema.has_instance_extra:
+            return []
+        i, ie = self.instances, self.db.table("instance_extra")
+        rows = conn.execute(
+            select(i.c.uuid, i.c.instance_type_id, i.c.project_id, ie.c.flavor)
+            .join(ie, ie.c.instance_uuid == i.c.uuid)
+            .where(
+                i.c.deleted == 0,
+                i.c.vm_state == "resized",
+                ie.c.deleted == 0,
+                ie.c.flavor.is_not(None),
+            )
+            .order_by(i.c.uuid)
+        )
+        return [(r[0], int(r[1] or 0), r[2], r[3]) for r in rows]
+
+    def reuse_suspect_blobs(
+        self, conn: Connection, live: dict[int, LiveFlavor]
+    ) -> list[tuple[str, int, str | None, str]]:
+        """``(uuid, instance_type_id, project_id, flavor)`` of :meth:`LiveRefs.reuse_suspects`.
+
+        The same test as :meth:`LiveFlavor.may_not_hold`, in SQL, for ``recover flavor``
+        (which does not scan every instance).
+        """
+        if not live or not self.schema.has_instance_extra:
+            return []
+        i, ie = self.instances, self.db.table("instance_extra")
+        found: list[tuple[str, int, str | None, str]] = []
+        flavors = sorted(live.values(), key=lambda f: f.id)
+        for start in range(0, len(flavors), 500):
+            conditions = []
+            for f in flavors[start : start + 500]:
+                if f.created_at is None:
+                    conditions.append(i.c.instance_type_id == f.id)
+                    continue
+                conditions.append(
+                    and_(
+                        i.c.instance_type_id == f.id,
+                        or_(
+                            i.c.created_at.is_(None),
+                            i.c.created_at < f.created_at,
+                            func.coalesce(i.c.memory_mb, 0) != f.memory_mb,
+                            func.coalesce(i.c.vcpus, 0) != f.vcpus,
+                            func.coalesce(i.c.root_gb, 0) != f.root_gb,
+                            func.coalesce(i.c.ephemeral_gb, 0) != f.ephemeral_gb,
+                        ),
+                    )
+                )
+            rows = conn.execute(
+                select(i.c.uuid, i.c.instance_type_id, i.c.project_id, ie.c.flavor)
+                .join(ie, ie.c.instance_uuid == i.c.uuid)
+                .where(
+                    i.c.deleted == 0, ie.c.deleted == 0, ie.c.flavor.is_not(None), or_(*conditions)
+                )
+                .order_by(i.c.uuid)
+            )
+            found += [(r[0], int(r[1]), r[2], r[3]) for r in rows]
+        return found
 
     def sysmeta_flavor_instances(
         self, conn: Connection, flavor_ids: Iterable[int]
@@ -461,6 +677,16 @@ class ApiReader:
             return False
         flavors = self.db.table("flavors")
         return conn.execute(select(flavors.c.id).limit(1)).first() is not None
+
+    def live_flavors(self, conn: Connection, flavor_ids: Iterable[int]) -> dict[int, LiveFlavor]:
+        """The live ``flavors`` rows among ``flavor_ids``."""
+        flavors = self.db.table("flavors")
+        columns = [flavors.c[f] for f in ("id", *IDENTITY_FIELDS, "created_at")]
+        found: dict[int, LiveFlavor] = {}
+        for batch in chunks(sorted(set(flavor_ids))):
+            for row in conn.execute(select(*columns).where(flavors.c.id.in_(batch))):
+                found[int(row.id)] = LiveFlavor.from_row(row)
+        return found
 
     def live_flavor_ids(self, conn: Connection, flavor_ids: Iterable[int]) -> set[int]:
         flavors = self.db.table("flavors")

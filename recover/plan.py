@@ -22,7 +22,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, insert, select, update
+from sqlalchemy import (
+    Table,
+    and_,
+    column,
+    delete,
+    insert,
+    inspect,
+    literal_column,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.sql import ClauseElement
@@ -36,10 +47,34 @@ Row = dict[str, Any]
 
 #: MariaDB/MySQL error numbers meaning "someone else holds or changed these rows".
 _CONCURRENT = {1205: "lock wait timeout", 1213: "deadlock"}
+#: ER_DUP_ENTRY, and ER_ROW_IS_REFERENCED(_2): a unique key, or a row other rows refer to.
+_DUPLICATE, _REFERENCED = 1062, (1451, 1217)
+#: Columns that say which row a referencing row is, in a refusal (besides its key).
+_TELLING = ("key", "project_id", "name", "value", "member")
 
 
 class ConcurrentChangeError(RefusedError):
     """Another session changed or locked the rows between planning and applying."""
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A value that exists only once the run has done its work (the checksum of a file it
+    writes), in a dry-run's plan.
+
+    Rendered as ``<name>``: a syntax error for the mariadb/mysql client and for sqlite3, so a
+    dry-run replayed by hand fails there instead of writing a stale value (``:name`` would
+    not do: sqlite3 binds an unset parameter as NULL). Such SQL ends in ``ROLLBACK``, not
+    ``COMMIT``: a client that goes on after an error (``mariadb --force``, ``sqlite3``
+    without ``-bail``) must not commit the other statements either. :func:`apply` refuses a
+    plan that still holds one.
+    """
+
+    name: str
+
+    @property
+    def sql(self) -> str:
+        return f"<{self.name}>"
 
 
 @dataclass(frozen=True)
@@ -128,22 +163,38 @@ def _where_key(table: Table, key: Row) -> Any:
     return and_(*(table.c[k] == v for k, v in key.items()))
 
 
+def _values(row: Row) -> Row:
+    return {k: literal_column(v.sql) if isinstance(v, Pending) else v for k, v in row.items()}
+
+
+def pending(plan: Plan) -> list[str]:
+    """The names of the placeholders the plan still holds, in order."""
+    names: list[str] = []
+    for change in plan.changes:
+        for value in (change.after or {}).values():
+            if isinstance(value, Pending) and value.name not in names:
+                names.append(value.name)
+    return names
+
+
 def statements(plan: Plan) -> Iterator[tuple[RowChange, ClauseElement]]:
     """The DML of the plan, in order."""
     for change in plan.changes:
         table = plan.db.table(change.table)
         if change.action == "insert":
             assert change.after is not None
-            yield change, insert(table).values(**change.after)
+            yield change, insert(table).values(**_values(change.after))
         elif change.action == "delete":
             yield change, delete(table).where(_where_key(table, change.key))
-        else:
+        elif change.changed_columns():
             yield (
                 change,
                 update(table)
                 .where(_where_key(table, change.key))
-                .values(**change.changed_columns()),
+                .values(**_values(change.changed_columns())),
             )
+        # else: the row is already as planned (e.g. a live location of a row deleted by hand):
+        # lock_and_check still locks and re-checks it; an empty SET would be a syntax error.
 
 
 def _literal_dialect(dialect: Dialect) -> Dialect:
@@ -163,7 +214,11 @@ def render_sql(plan: Plan) -> str:
             lines.append(f"-- {printable(now)}")
         sql = str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
         lines.append(sql.strip() + ";")
-    lines.append("COMMIT;")
+    if pending(plan):
+        lines.append("-- ROLLBACK, not COMMIT: the <...> placeholders are not values")
+        lines.append("ROLLBACK;")
+    else:
+        lines.append("COMMIT;")
     return "\n".join(lines) + "\n"
 
 
@@ -218,6 +273,142 @@ def verify(plan: Plan) -> list[str]:
     return problems
 
 
+def _foreign_keys(
+    conn: Connection, db: Database, parents: set[str]
+) -> list[tuple[str, str, str, str]]:
+    """``(child table, child column, parent table, parent column)`` of FKs into ``parents``."""
+    if conn.dialect.name == "mysql":
+        rows = conn.execute(
+            select(text("TABLE_NAME, COLUMN_NAME, REFERENCED_TABLE_NAME, REFERENCED_COLUMN_NAME"))
+            .select_from(text("information_schema.KEY_COLUMN_USAGE"))
+            .where(
+                text("TABLE_SCHEMA = DATABASE()"),
+                column("REFERENCED_TABLE_NAME").in_(sorted(parents)),
+            )
+        )
+        return sorted((str(a), str(b), str(c), str(d)) for a, b, c, d in rows)
+    found = []
+    inspector = inspect(conn)
+    for child in sorted(db.table_names()):
+        for fk in inspector.get_foreign_keys(child):
+            if fk["referred_table"] in parents:
+                pairs = zip(fk["constrained_columns"], fk["referred_columns"], strict=True)
+                found += [(child, c, fk["referred_table"], p) for c, p in pairs]
+    return found
+
+
+def blocking_references(conn: Connection, plan: Plan) -> list[str]:
+    """Rows outside the plan that refer to a row the plan deletes (a foreign key forbids it).
+
+    Such rows were added after the plan's rows were read (e.g. an extra spec set on a
+    recovered flavor before its undo): the delete fails the same way however often it runs.
+    """
+    deleted = [c for c in plan.changes if c.action == "delete" and c.before is not None]
+    if not deleted:
+        return []
+    gone = {(c.table, tuple(sorted(c.key.items()))) for c in deleted}
+    found: list[str] = []
+    links = _foreign_keys(conn, plan.db, {c.table for c in deleted})
+    for change in deleted:
+        assert change.before is not None
+        for child, child_column, parent, parent_column in links:
+            if parent != change.table or parent_column not in change.before:
+                continue
+            table = plan.db.table(child)
+            keys = [col.name for col in table.primary_key.columns]
+            query = select(table).where(table.c[child_column] == change.before[parent_column])
+            for row in conn.execute(query).mappings():
+                if (child, tuple(sorted((k, row[k]) for k in keys))) in gone:
+                    continue
+                shown = {k: row[k] for k in (*keys, *_TELLING) if k in row}
+                found.append(f"{child} {_describe_key(shown)}")
+    return found
+
+
+def referenced_error(plan: Plan, blockers: list[str]) -> RefusedError:
+    flavor = any(c.table in ("flavors", "instance_types") for c in plan.changes)
+    how = (
+        "`openstack flavor unset --property KEY FLAVOR` or `--project PROJECT`"
+        if flavor
+        else "through the service's API"
+    )
+    return RefusedError(
+        f"rows added since refer to a row this would delete: {'; '.join(blockers)}",
+        hint=(
+            "nothing was changed; they were not there when the plan was made, so it leaves them "
+            f"alone: remove them first ({how}), or keep what the plan would delete"
+        ),
+    )
+
+
+def _integrity_error(
+    conn: Connection, plan: Plan, change: RowChange, exc: IntegrityError
+) -> RefusedError:
+    """The refusal for a unique or foreign key violation: deterministic ones say why."""
+    args = getattr(exc.orig, "args", (None,))
+    code = args[0] if args else None
+    if code in _REFERENCED or (conn.dialect.name == "sqlite" and change.action == "delete"):
+        blockers = blocking_references(conn, plan)
+        if blockers:
+            return referenced_error(plan, blockers)
+    if code == _DUPLICATE and change.after is not None:
+        collision = _collision_within(conn, plan, change)
+        if collision is not None:
+            return collision
+    return ConcurrentChangeError(
+        f"the database refused the change: {describe_db_error(exc)}",
+        hint="nothing was changed; another run or a person changed these rows at the same time",
+    )
+
+
+def _collision_within(conn: Connection, plan: Plan, change: RowChange) -> RefusedError | None:
+    """An earlier row of this very plan that the database holds equal to ``change``'s.
+
+    E.g. two extra-spec keys differing only in case under utf8_general_ci: a re-run
+    fails the same way, so this is no race.
+    """
+    after = change.after
+    assert after is not None
+    table = plan.db.table(change.table)
+    earlier = [
+        c
+        for c in plan.changes[: plan.changes.index(change)]
+        if c.table == change.table and c.after is not None
+    ]
+    for unique in _unique_keys(conn, change.table):
+        if not all(after.get(c) is not None for c in unique):
+            continue
+        query = select(table).where(and_(*(table.c[c] == after[c] for c in unique)))
+        for row in conn.execute(query).mappings():
+            for other in earlier:
+                if not all(row.get(k) == v for k, v in other.key.items()):
+                    continue
+                assert other.after is not None
+                mine = [other.after[c] for c in unique]
+                theirs = [after[c] for c in unique]
+                return RefusedError(
+                    f"two rows of this plan collide in {change.table}: its unique key "
+                    f"({', '.join(unique)}) holds {mine!r} and {theirs!r} equal under the "
+                    "column's collation",
+                    hint="nothing was changed; a re-run would fail the same way",
+                )
+    return None
+
+
+def _unique_keys(conn: Connection, table: str) -> list[list[str]]:
+    inspector = inspect(conn)
+    found: list[list[Any]] = [
+        list(u["column_names"]) for u in inspector.get_unique_constraints(table)
+    ]
+    found += [list(i["column_names"]) for i in inspector.get_indexes(table) if i.get("unique")]
+    keys: list[list[str]] = []
+    for names in found:
+        columns = [str(c) for c in names if c is not None]
+        if columns and columns not in keys:
+            keys.append(columns)
+    return keys
+
+
 def apply(plan: Plan, before_commit: Callable[[], None] = lambda: None) -> None:
     """One transaction: lock, re-check, ``before_commit`` (the journal), DML, commit.
 
@@ -225,12 +416,18 @@ def apply(plan: Plan, before_commit: Callable[[], None] = lambda: None) -> None:
     waits on the winner's row locks and then finds them changed, or gets a
     duplicate key or deadlock from the server; each becomes one clear refusal.
     """
+    if pending(plan):  # a dry-run's plan: its placeholders are not values
+        raise RecoverError(f"{plan.title}: the plan still holds {', '.join(pending(plan))}")
     try:
         with plan.db.engine.begin() as conn:
             lock_and_check(conn, plan)
             before_commit()
-            for _, statement in statements(plan):
-                conn.execute(statement)  # type: ignore[call-overload]
+            for change, statement in statements(plan):
+                try:
+                    conn.execute(statement)  # type: ignore[call-overload]
+                except IntegrityError as exc:
+                    # Asked inside the transaction: the plan's earlier rows are visible here.
+                    raise _integrity_error(conn, plan, change, exc) from None
             faults.point("in-transaction")
     except IntegrityError as exc:
         raise ConcurrentChangeError(

@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Any
 
 from recover.inventory import (
-    FLAVOR_RISKS,
     AffectedInstance,
     FlavorOrphan,
     ImageOrphan,
@@ -36,7 +35,7 @@ def flavor_dict(orphan: FlavorOrphan) -> dict[str, Any]:
         "state": orphan.state,
         "deleted_at": _ts(orphan.deleted_at),
         "instances": [i.uuid for i in orphan.instances],
-        "cells": sorted({i.cell for i in orphan.instances}),
+        "cells": sorted({i.cell for i in (*orphan.instances, *orphan.revert_instances)}),
         "long_running": sorted(i.uuid for i in orphan.instances if i.long_running),
         "sources": {
             "row": orphan.row_table,
@@ -44,8 +43,22 @@ def flavor_dict(orphan: FlavorOrphan) -> dict[str, Any]:
             "system_metadata": orphan.definitions_from_system_metadata,
         },
         "conflicting_instances": orphan.conflicting_instances,
-        "at_risk": list(FLAVOR_RISKS),
+        "differ_in": orphan.differ_in if orphan.variants else [],
+        "variants": [
+            {"instances": v.count, "example": v.example, "values": v.values(orphan.differ_in)}
+            for v in orphan.variants
+        ],
+        "revert_resize_instances": [i.uuid for i in orphan.revert_instances],
+        "live_flavor": (
+            {"id": orphan.live.id, "flavorid": orphan.live.flavorid, "name": orphan.live.name}
+            if orphan.live is not None
+            else None
+        ),
+        "at_risk": orphan.at_risk,
         "recover": orphan.recover,
+        "never_ran": [i.uuid for i in orphan.never_ran],
+        "note": orphan.note,
+        "recreate": orphan.recreate,
     }
 
 
@@ -64,11 +77,14 @@ def image_dict(orphan: ImageOrphan) -> dict[str, Any]:
         "long_running": sorted(i.uuid for i in orphan.instances if i.long_running),
         "hosts": orphan.hosts,
         "base_file": orphan.base_file,
+        "base_files": orphan.base_files,
         "store_file": orphan.store_file,
         "deleted_children": orphan.children.as_dict(),
         "at_risk": orphan.at_risk,
         "recover": orphan.recover,
         "note": orphan.note,
+        "never_ran": [i.uuid for i in orphan.never_ran],
+        "row_status": orphan.row_status,
     }
 
 
@@ -76,6 +92,11 @@ def as_dict(inventory: Inventory) -> dict[str, Any]:
     return {
         "flavors": [flavor_dict(f) for f in inventory.flavors],
         "images": [image_dict(i) for i in inventory.images],
+        # Orphans that only failed builds in cell0 use: not in the lists above, not exit 3.
+        "never_ran": {
+            "flavors": [flavor_dict(f) for f in inventory.never_ran_flavors],
+            "images": [image_dict(i) for i in inventory.never_ran_images],
+        },
         "cells": [{"name": c.name, "ok": c.ok, "error": c.error} for c in inventory.cells],
         "partial": inventory.partial,
         "flavor_store": inventory.flavor_store,
@@ -122,6 +143,8 @@ def render_csv(inventory: Inventory) -> str:
 
     for f in inventory.flavors:
         rows("flavor", str(f.id), f.name, f.state, f.recover, f.instances)
+        rows("flavor", str(f.id), f.name, f"{f.state} (revert-resize)", f.recover,
+             f.revert_instances)  # fmt: skip
     for i in inventory.images:
         rows("image", i.id, i.name, i.status, i.recover, i.instances)
     return out.getvalue()
@@ -157,7 +180,17 @@ def _table_lines(inventory: Inventory) -> list[str]:
     for f in inventory.flavors:
         head = f"  flavor {f.id}  flavorid {f.flavorid or '?'}  {f.name or '(name unknown)'}"
         lines.append(f"{head}  [{f.state}]")
-        lines.extend(_instances_line(f.instances))
+        if f.live is not None:
+            lines.extend(_wrap("id now held by", [
+                f"live flavor {f.live.id} flavorid {f.live.flavorid} {f.live.name}"
+            ]))  # fmt: skip
+        if f.instances or not f.revert_instances:
+            lines.extend(_instances_line(f.instances))
+        if f.revert_instances:
+            lines.extend(_wrap(
+                f"back on revert-resize ({len(f.revert_instances)})",
+                [i.uuid for i in f.revert_instances],
+            ))  # fmt: skip
         sources = []
         if f.row_table:
             sources.append(f"{f.row_table} row")
@@ -166,9 +199,28 @@ def _table_lines(inventory: Inventory) -> list[str]:
         if f.definitions_from_system_metadata:
             sources.append(f"system_metadata of {f.definitions_from_system_metadata}")
         lines.extend(_wrap("definition from", sources or ["nothing found"]))
-        if f.conflicting_instances:
-            lines.extend(_wrap("definitions differ in", f.conflicting_instances))
-        lines.append(f"    recover: {f.recover}" if f.recover else "    recover: no source left")
+        if f.variants:
+            lines.extend(_wrap("copies differ in", f.differ_in))
+            for n, variant in enumerate(f.variants, 1):
+                lines.append(
+                    f"    variant {n}: {variant.count} instance(s), e.g. {variant.example}"
+                )
+                lines.extend(textwrap.wrap(
+                    variant.shown(f.differ_in), width=WIDTH, initial_indent="      ",
+                    subsequent_indent="      ", break_on_hyphens=False,
+                ))  # fmt: skip
+        lines.extend(_never_ran_line(f.never_ran))
+        if f.recover:
+            lines.append(f"    recover: {f.recover}")
+        elif f.note:
+            lines.extend(textwrap.wrap(
+                f"recover: no ({f.note})", width=WIDTH, initial_indent="    ",
+                subsequent_indent="      ", break_on_hyphens=False,
+            ))  # fmt: skip
+        else:
+            lines.append("    recover: no source left")
+        if f.recreate:
+            lines.append(f"    recreate: {f.recreate}")  # one line: copy-pasteable
     lines.append("")
     lines.append(f"Deleted images still used by live instances: {len(inventory.images)}")
     for i in inventory.images:
@@ -183,18 +235,53 @@ def _table_lines(inventory: Inventory) -> list[str]:
         if i.shelved_instances:
             lines.extend(_wrap("shelved-offloaded", i.shelved_instances))
         lines.extend(_wrap("hosts", i.hosts))
-        lines.append(f"    _base file: {i.base_file}")
+        lines.extend(_never_ran_line(i.never_ran))
+        lines.extend(_wrap("_base file", i.base_files))
+        if i.row_status not in (None, "deleted", i.status):
+            lines.append(f"    row: status {i.row_status} with deleted=1")
         lines.append(f"    recover: {i.recover}" if i.recover else f"    recover: no ({i.note})")
     lines.append("")
+    lines.extend(_never_ran_section(inventory))
     scanned = ", ".join(f"{c.name}" + ("" if c.ok else " (UNREACHABLE)") for c in inventory.cells)
     lines.extend(textwrap.wrap(f"Cells: {scanned}", width=WIDTH, subsequent_indent="  "))
-    affected = {a.uuid for f in inventory.flavors for a in f.instances}
+    affected = {a.uuid for f in inventory.flavors for a in (*f.instances, *f.revert_instances)}
     affected |= {a.uuid for i in inventory.images for a in i.instances}
+    never_ran = {a.uuid for f in inventory.flavors for a in f.never_ran}
+    never_ran |= {a.uuid for f in inventory.never_ran_flavors for a in f.never_ran}
+    never_ran |= {a.uuid for i in inventory.images for a in i.never_ran}
+    never_ran |= {a.uuid for i in inventory.never_ran_images for a in i.never_ran}
     lines.append(
         f"Summary: {len(inventory.flavors)} flavor(s), {len(inventory.images)} image(s), "
         f"{len(affected)} instance(s) affected"
+        + (f"; {len(never_ran)} failed build(s) in cell0 set apart" if never_ran else "")
         + ("; PARTIAL: some cells were not scanned" if inventory.partial else "")
     )
+    return lines
+
+
+def _never_ran_line(instances: list[AffectedInstance]) -> list[str]:
+    if not instances:
+        return []
+    return _wrap(f"never ran, cell0 ({len(instances)})", [i.uuid for i in instances])
+
+
+def _never_ran_section(inventory: Inventory) -> list[str]:
+    """Orphans that only failed builds use: shown, but nothing a compute node needs."""
+    if not (inventory.never_ran_flavors or inventory.never_ran_images):
+        return []
+    lines = [
+        "Deleted flavors and images used only by failed builds in cell0 (never ran): "
+        f"{len(inventory.never_ran_flavors) + len(inventory.never_ran_images)}"
+    ]
+    for f in inventory.never_ran_flavors:
+        lines.append(f"  flavor {f.id}  flavorid {f.flavorid or '?'}  "
+                     f"{f.name or '(name unknown)'}  [{f.state}]")  # fmt: skip
+        lines.extend(_never_ran_line(f.never_ran))
+    for i in inventory.never_ran_images:
+        lines.append(f"  image {i.id}  [{i.status}]")
+        lines.extend(_never_ran_line(i.never_ran))
+    lines.append("    delete these instances (openstack server delete): nothing to recover")
+    lines.append("")
     return lines
 
 

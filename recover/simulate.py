@@ -306,6 +306,33 @@ def create_instance(conn: Connection, cell: Database, inst: Instance) -> int:
     return instance_id
 
 
+def finish_resize(
+    conn: Connection, cell: Database, uuid: str, old: tuple[Flavor, int], new: tuple[Flavor, int]
+) -> None:
+    """A resize waiting to be confirmed or reverted (vm_state ``resized``).
+
+    nova 34 ``nova/compute/api.py`` ``resize`` keeps the current flavor as ``old_flavor``;
+    ``nova/compute/manager.py`` ``_finish_resize`` calls ``_set_instance_info`` with the
+    new one (instance_type_id and the size columns) and saves cur=new, old, new.
+    """
+    (old_flavor, old_id), (new_flavor, new_id) = old, new
+    current = flavor_primitive(new_flavor, new_id)
+    instances, extra = cell.table("instances"), cell.table("instance_extra")
+    conn.execute(
+        update(instances)
+        .where(instances.c.uuid == uuid)
+        .values(
+            instance_type_id=new_id, memory_mb=new_flavor.memory_mb, vcpus=new_flavor.vcpus,
+            root_gb=new_flavor.root_gb, ephemeral_gb=new_flavor.ephemeral_gb, vm_state="resized",
+        )
+    )  # fmt: skip
+    conn.execute(
+        update(extra)
+        .where(extra.c.instance_uuid == uuid)
+        .values(flavor=flavor_blob(current, flavor_primitive(old_flavor, old_id), current))
+    )
+
+
 def set_sysmeta(
     conn: Connection, cell: Database, uuid: str, key: str, value: str, at: datetime | None
 ) -> int:

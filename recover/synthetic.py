@@ -663,6 +663,11 @@ def _write_cell(
                 deleted = iid
             host = None if vm_state == "shelved_offloaded" else rng.choice(hosts)
             flavor = cat.flavors[fid]
+            if live and flavor.created_at is not None and created < flavor.created_at:
+                # Nova boots only on an existing flavor: no live instance is older than its
+                # flavor (the inventory reads the embedded copy of those that are: id reuse).
+                shift = flavor.created_at - created + timedelta(hours=1)
+                created, launched = created + shift, launched + shift
             power = 1 if vm_state == "active" else (0 if vm_state == "deleted" else 4)
             name = f"vm-{cell}-{iid}"
             # Every value here is generated and plain (no tab, newline or backslash), so

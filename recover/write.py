@@ -18,7 +18,15 @@ from recover.db.engine import Database, open_database
 from recover.errors import ConfigError, RecoverError, RefusedError
 from recover.images.digest import hash_file
 from recover.images.store import is_store_file
-from recover.plan import Plan, apply, lock_and_check, render_sql, verify
+from recover.plan import (
+    Plan,
+    apply,
+    blocking_references,
+    lock_and_check,
+    referenced_error,
+    render_sql,
+    verify,
+)
 from recover.text import printable
 
 
@@ -94,14 +102,28 @@ def execute(
             journal.write(path, plan, "rolled-back", command)
         raise
     faults.point("committed")
-    journal.write(path, plan, "committed", command)
-    problems = verify(plan)
+    try:
+        journal.write(path, plan, "committed", command)
+        problems = verify(plan)
+    except Exception as exc:
+        raise committed_failure(path, "marking the journal and re-reading the rows", exc) from exc
     if problems:
-        raise RecoverError(
-            f"committed, but re-reading the rows differs from the plan: {'; '.join(problems)}",
-            hint=f"inspect them; `recover undo {path}` reverses the change",
-        )
+        differ = RecoverError(f"they differ from the plan: {'; '.join(problems)}")
+        raise committed_failure(path, "re-reading the rows", differ)
     return Outcome("applied", plan, sql, journal=path)
+
+
+def committed_failure(
+    path: Path, what: str, error: BaseException, subject: str = "the change"
+) -> RecoverError:
+    """The error for anything that fails after COMMIT: the change is live, so the operator
+    must learn that first, with the journal and the command that reverses it (a bare API
+    error here once hid a committed recovery, and a re-run then found nothing to do)."""
+    detail = str(error) if isinstance(error, RecoverError) else f"{type(error).__name__}: {error}"
+    return RecoverError(
+        f"{subject} was COMMITTED (journal {path}), but {what} failed: {detail}",
+        hint=f"it is in the database now: inspect it; `recover undo {path}` reverses it",
+    )
 
 
 def _database_for(settings: Settings, target: str) -> Database:
@@ -136,7 +158,7 @@ def plan_undo(settings: Settings, path: Path) -> Plan:
     document = journal.read(path)
     if document.get("status") == "undone":
         raise RefusedError(f"journal {path} was already undone")
-    outside = _files_outside_store(document, settings.store_dir.value)
+    outside = _files_outside_store(document, settings.image_dirs())
     if outside:
         raise RefusedError(
             f"journal {path} names a file that is not this image's file in the store "
@@ -160,20 +182,34 @@ def plan_undo(settings: Settings, path: Path) -> Plan:
             else:
                 inverse.changes = []  # only files it may have placed are left to remove
     inverse.notes = [f"reverse {path.name} ({document.get('command', '?')})"]
+    if inverse.changes:
+        # Rows added since (an extra spec set on the recovered flavor) make the delete fail
+        # on every run: say so now, for --dry-run too, rather than at COMMIT as a "race".
+        with db.engine.connect() as conn:
+            blockers = blocking_references(conn, inverse)
+        if blockers:
+            raise referenced_error(inverse, blockers)
     return inverse
 
 
-def _files_outside_store(document: dict[str, Any], store_dir: str) -> str | None:
-    store = Path(store_dir).resolve()
+def _store_dirs(store_dir: str | tuple[str, ...]) -> list[Path]:
+    """The store's directories (``filesystem_store_datadirs``: the file may be in any)."""
+    return [Path(d).resolve() for d in ((store_dir,) if isinstance(store_dir, str) else store_dir)]
+
+
+def _files_outside_store(document: dict[str, Any], store_dir: str | tuple[str, ...]) -> str | None:
+    stores = _store_dirs(store_dir)
     image_id = str(document.get("subject", {}).get("id", ""))
     for entry in document.get("files", []):
         target = Path(str(entry.get("path", "")))
-        if entry.get("created") and not is_store_file(target, store, image_id):
+        if entry.get("created") and not any(is_store_file(target, s, image_id) for s in stores):
             return str(target)
     return None
 
 
-def remove_created_files(plan: Plan, store_dir: str) -> tuple[list[str], list[str]]:
+def remove_created_files(
+    plan: Plan, store_dir: str | tuple[str, ...]
+) -> tuple[list[str], list[str]]:
     """After an undo: remove the image file the original run placed, if it is still that file.
 
     A journal is a file anyone with access could edit, so only ``<store>/<image id>`` of
@@ -181,14 +217,15 @@ def remove_created_files(plan: Plan, store_dir: str) -> tuple[list[str], list[st
     Returns (removed, problems).
     """
     removed, problems = [], []
-    store = Path(store_dir).resolve()
+    stores = _store_dirs(store_dir)
     image_id = str(plan.subject.get("id", ""))
     for entry in plan.files:
         if not entry.get("created"):
             continue
         target = Path(str(entry.get("path", "")))
-        if not is_store_file(target, store, image_id):
-            problems.append(f"{printable(target)} is not {store}/{image_id}; left in place")
+        if not any(is_store_file(target, s, image_id) for s in stores):
+            where = " or ".join(f"{s}/{image_id}" for s in stores)
+            problems.append(f"{printable(target)} is not {where}; left in place")
             continue
         try:
             size = target.stat().st_size

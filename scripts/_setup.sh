@@ -86,6 +86,9 @@ ensure_venv() {
         step "pip install -e '.[test]' (pyproject.toml changed or first install)"
         export PIP_DISABLE_PIP_VERSION_CHECK=1
         .venv/bin/python -m pip install -q --upgrade pip
+        # A venv made before the distribution was renamed (recover -> openstack-recover)
+        # holds a second editable install of the same package: remove it first.
+        .venv/bin/python -m pip uninstall -q -y recover 2>/dev/null || true
         .venv/bin/python -m pip install -q -e '.[test]'
         printf '%s\n' "$want" >.venv/.pyproject.sha256
     fi

@@ -160,11 +160,17 @@ def write_config(
     store_dir: Path,
     delayed_delete: bool = False,
     policy: str = ADMIN_POLICY,
+    backends: dict[str, str] | None = None,
+    extra: str = "",
 ) -> Path:
     """Write ``directory/etc/{glance-api.conf, glance-api-paste.ini, policy.yaml}``.
 
     Returns the path of glance-api.conf. ``directory`` also gets log/, cache/,
-    lock/ and staging/.
+    lock/ and staging/. ``backends`` (``{"fast": "file", "web": "http"}``) makes a
+    multi-store Glance (``enabled_backends``): the first is the default backend, with
+    ``store_dir`` as its datadir; other file backends get ``store_dir``'s siblings named
+    like them; ``show_multiple_locations`` lets a test add a location through the API.
+    ``extra`` is appended as it is (more sections).
     """
     etc = directory / "etc"
     for sub in ("etc", "log", "cache", "lock", "staging"):
@@ -182,8 +188,7 @@ image_cache_dir = {directory}/cache
 enabled_import_methods = []
 show_image_direct_url = true
 delayed_delete = {str(delayed_delete).lower()}
-node_staging_uri = file://{directory}/staging
-
+{_multistore_defaults(directory, backends)}
 [database]
 connection = {db_url}
 
@@ -197,13 +202,43 @@ lock_path = {directory}/lock
 [oslo_policy]
 policy_file = {etc}/policy.yaml
 
-[glance_store]
+{_store_sections(directory, store_dir, backends)}{extra}"""
+    )
+    return conf
+
+
+def _store_sections(directory: Path, store_dir: Path, backends: dict[str, str] | None) -> str:
+    if not backends:
+        return f"""[glance_store]
 stores = file
 default_store = file
 filesystem_store_datadir = {store_dir}
 """
-    )
-    return conf
+    default = next(iter(backends))
+    text = f"""[glance_store]
+default_backend = {default}
+
+[os_glance_staging_store]
+filesystem_store_datadir = {directory}/staging
+
+[os_glance_tasks_store]
+filesystem_store_datadir = {directory}/tasks
+"""
+    for name, kind in backends.items():
+        text += f"\n[{name}]\n"
+        if kind == "file":
+            datadir = store_dir if name == default else store_dir.parent / name
+            datadir.mkdir(parents=True, exist_ok=True)
+            text += f"filesystem_store_datadir = {datadir}\n"
+    return text
+
+
+def _multistore_defaults(directory: Path, backends: dict[str, str] | None) -> str:
+    if not backends:
+        return f"node_staging_uri = file://{directory}/staging\n"
+    (directory / "tasks").mkdir(exist_ok=True)
+    listed = ", ".join(f"{name}:{kind}" for name, kind in backends.items())
+    return f"enabled_backends = {listed}\nshow_multiple_locations = true\n"
 
 
 def glance_env(directory: Path, conf: Path) -> dict[str, str]:
@@ -252,6 +287,8 @@ def start_glance(
     sync: bool = False,
     policy: str = "",
     expect: int = 200,
+    backends: dict[str, str] | None = None,
+    extra: str = "",
 ) -> GlanceApi:
     """Write a config in ``directory`` and start gunicorn on a free port of 127.0.0.1.
 
@@ -263,7 +300,7 @@ def start_glance(
     db_url = server.url(db_name)
     conf = write_config(
         directory, venv, db_url=db_url, store_dir=store_dir, delayed_delete=delayed_delete,
-        policy=policy or ADMIN_POLICY,
+        policy=policy or ADMIN_POLICY, backends=backends, extra=extra,
     )  # fmt: skip
     env = glance_env(directory, conf)
     sync_seconds = db_sync(venv, conf, env) if sync else 0.0

@@ -55,3 +55,15 @@ def test_debug_shows_a_traceback_without_passwords(tmp_path) -> None:  # type: i
     assert "Traceback (most recent call last)" in result.stderr
     assert "T0pSecret" not in result.stderr
     assert result.stderr.splitlines()[-1].startswith("Error: ")
+
+
+def test_the_distribution_is_openstack_recover_and_installs_the_recover_command() -> None:
+    # "recover" on PyPI is someone else's project (issue 10, item 17).
+    from importlib import metadata
+
+    dist = metadata.distribution("openstack-recover")
+    scripts = {e.name: e.value for e in dist.entry_points if e.group == "console_scripts"}
+    assert (dist.metadata["Name"], scripts) == (
+        "openstack-recover",
+        {"recover": "recover.cli:main"},
+    )

@@ -162,3 +162,88 @@ def test_short_passwords_do_not_mangle_words_but_are_masked_in_urls() -> None:
     resolve({"glance_db": "mysql+pymysql://glance:conf@db/glance"}, environ={})
     assert scrub("not configured") == "not configured"
     assert scrub("mysql+pymysql://glance:conf@db/glance") == "mysql+pymysql://glance:***@db/glance"
+
+
+# --- issue 10 item 16: the filesystem store as glance_store reads it ---------------------------
+
+
+def test_filesystem_store_datadirs_highest_priority_first(tmp_path: Path) -> None:
+    """glance_store _drivers/filesystem.py: the repeatable filesystem_store_datadirs, path:priority
+    (0 without one); a new image goes into the highest priority."""
+    dirs = {name: tmp_path / name for name in ("low", "high", "none", "mid")}
+    conf = write(
+        tmp_path / "glance-api.conf",
+        "[glance_store]\n"
+        f"filesystem_store_datadirs = {dirs['low']}:100\n"
+        f"filesystem_store_datadirs = {dirs['high']}:200\n"
+        f"filesystem_store_datadirs = {dirs['none']}\n"
+        f"filesystem_store_datadirs = {dirs['mid']}:150\n",
+    )
+    glance = read_glance_conf(conf)
+    order = [str(dirs[n]) for n in ("high", "mid", "low", "none")]
+    assert (glance.store_dir, list(glance.store_dirs), glance.store_kind) == (
+        order[0], order, "file",
+    )  # fmt: skip
+    settings = resolve({"glance_conf": conf}, environ={})
+    assert (settings.store_dir.value, settings.store_dir.source) == (
+        order[0], f"{conf} filesystem_store_datadirs",
+    )  # fmt: skip
+    assert settings.image_dirs() == tuple(order)
+    # An explicit --store-dir that is one of them: written there, the others still searched.
+    settings = resolve({"glance_conf": conf, "store_dir": order[2]}, environ={})
+    assert settings.image_dirs() == (order[2], order[0], order[1], order[3])
+
+
+def test_multistore_datadirs_and_an_explicit_store_dir_of_another_backend(tmp_path: Path) -> None:
+    conf = write(
+        tmp_path / "glance-api.conf",
+        "[DEFAULT]\nenabled_backends = fast:file, slow:file, web:http\n"
+        "[glance_store]\ndefault_backend = fast\n"
+        "[fast]\nfilesystem_store_datadirs = /srv/fast-a:1\nfilesystem_store_datadirs = /srv/fast-b:9\n"
+        "[slow]\nfilesystem_store_datadir = /srv/slow\n",
+    )
+    glance = read_glance_conf(conf)
+    assert (glance.store_dir, glance.store_dirs, glance.store_id, glance.file_stores) == (
+        "/srv/fast-b", ("/srv/fast-b", "/srv/fast-a"), "fast",
+        (("fast", ("/srv/fast-b", "/srv/fast-a")), ("slow", ("/srv/slow",))),
+    )  # fmt: skip
+    settings = resolve({"glance_conf": conf, "store_dir": "/srv/slow"}, environ={})
+    assert (settings.glance_store_id, settings.image_dirs()) == ("slow", ("/srv/slow",))
+    assert settings.file_store_of(Path("/srv/fast-a")) == "fast"
+    assert settings.file_store_of(Path("/srv/elsewhere")) is None
+
+
+def test_datadir_and_datadirs_together_are_refused_as_glance_does(tmp_path: Path) -> None:
+    conf = write(
+        tmp_path / "glance-api.conf",
+        "[glance_store]\nfilesystem_store_datadir = /a\nfilesystem_store_datadirs = /b:1\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        read_glance_conf(conf)
+    assert str(caught.value) == (
+        "glance config [glance_store] sets both filesystem_store_datadir and "
+        "filesystem_store_datadirs, which Glance refuses; glance_store accepts only one of them"
+    )
+    bad = write(tmp_path / "bad.conf", "[glance_store]\nfilesystem_store_datadirs = /b:high\n")
+    with pytest.raises(ConfigError) as caught:
+        read_glance_conf(bad)
+    assert str(caught.value) == (
+        "glance config [glance_store] filesystem_store_datadirs: invalid priority in '/b:high'"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[glance_store]\nstores = rbd, file\ndefault_store = rbd\nfilesystem_store_datadir = /x\n",
+        "[DEFAULT]\nenabled_backends = ceph:rbd, fs:file\n[glance_store]\ndefault_backend = ceph\n"
+        "[fs]\nfilesystem_store_datadir = /x\n",
+    ],
+    ids=["single-store", "multi-store"],
+)
+def test_default_store_of_type_rbd_is_known(tmp_path: Path, text: str) -> None:
+    conf = write(tmp_path / "glance-api.conf", text)
+    glance = read_glance_conf(conf)
+    assert (glance.store_kind, glance.store_dir, glance.store_id) == ("rbd", None, None)
+    settings = resolve({"glance_conf": conf}, environ={})
+    assert (settings.glance_store_kind, settings.store_dir.source) == ("rbd", "default")

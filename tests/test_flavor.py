@@ -285,11 +285,34 @@ def test_live_flavor_and_name_conflict_are_refused(legacy: Legacy, mariadb_serve
     )
     clash = run(legacy.args("flavor", "f0e1d2c3", "--yes"))
     assert clash.exit_code == 1
+    # Nova's API cannot rename a flavor: the hint names a step that works (issue 10, item 13).
     assert clash.stderr == (
-        f"Error: a live flavor already has name 'db.xlarge' (id {live_id}); un-deleting would break "
-        "nova's unique key; rename or delete the live one first\n"
+        f"Error: a live flavor already has name 'db.xlarge' (id {live_id}); names are unique and "
+        "nova's API cannot rename a flavor: recover this one under its ids with another name, "
+        "`recover flavor id:1 --new-name NAME`, or delete the live one first if no instance uses "
+        "it\n"
     )
     assert mariadb_server.checksum("f_nova") == before
+    renamed = run(legacy.args("flavor", "id:1", "--new-name", "db.xlarge-2017", "--yes"))
+    assert renamed.exit_code == 0, renamed.stderr
+    assert renamed.stdout.splitlines()[:2] == [
+        "Done: recover flavor f0e1d2c3 (id 1, db.xlarge-2017)",
+        "  un-delete: flavor id 1 flavorid 'f0e1d2c3' name 'db.xlarge', deleted at 2024-03-01 "
+        "10:00:00",
+    ]
+    assert (
+        "  named 'db.xlarge-2017' instead of 'db.xlarge' (--new-name): instances keep showing "
+        "'db.xlarge', the name in their embedded copy" in renamed.stdout.splitlines()
+    )
+    restored = rows(legacy.url, LEGACY_TABLES)
+    expected = [
+        tuple("db.xlarge-2017" if v == "db.xlarge" else v for v in r)
+        for r in legacy.before_delete["instance_types"]
+    ]
+    assert [r for r in restored["instance_types"] if r[4] == 1] == expected
+    assert (
+        restored["instance_type_extra_specs"] == legacy.before_delete["instance_type_extra_specs"]
+    )
 
 
 def test_ambiguous_name_lists_candidates(legacy: Legacy) -> None:
@@ -517,9 +540,13 @@ def test_modern_disagreeing_instances_refuse_unless_told(
     before = mariadb_server.checksum("fm_api")
     refused = run(cloud.args("flavor", "f0e1d2c3", "--yes"))
     assert refused.exit_code == 1
+    # Each variant with the values it holds, how many instances hold it and one of them.
     assert refused.stderr == (
         f"Error: instances disagree about flavor id {cloud.id} (differ in extra_specs, vcpus): "
-        f"{VM1} vs {odd}; name the instance to trust with --from-instance UUID\n"
+        '2 instance(s) hold extra_specs={"hw:cpu_policy": "dedicated", '
+        f'"quota:disk_read_iops_sec": "5000"}}, vcpus=8 (e.g. {VM1}); 1 instance(s) hold '
+        f'extra_specs={{"hw:cpu_policy": "shared"}}, vcpus=16 (e.g. {odd}); name an instance '
+        "whose copy to trust with --from-instance UUID\n"
     )
     assert mariadb_server.checksum("fm_api") == before
     chosen = run(cloud.args("flavor", "f0e1d2c3", "--from-instance", odd, "--yes"))

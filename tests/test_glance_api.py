@@ -10,10 +10,14 @@ session: each test makes its own images.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
 import json
 import random
 import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -289,6 +293,35 @@ def test_qcow2_row_uploaded_through_the_api(glance_api: GlanceApi, tmp_path: Pat
     assert locations[-1]["value"] == f"file://{glance_api.store_dir / image_id}"
 
 
+@pytest.mark.parametrize("via_api", [False, True], ids=["store", "via-api"])
+def test_other_bytes_for_a_raw_image_are_refused(
+    glance_api: GlanceApi, tmp_path: Path, via_api: bool
+) -> None:
+    """A raw image Glance itself stored and deleted; a _base of its size with other data (a
+    damaged copy) is refused, naming both md5s, before any row, file or upload changes."""
+    raw = make_raw(tmp_path / "guest.raw", 10)
+    image_id = create_and_delete(glance_api.client(), raw.read_bytes(), "raw", **PROPS)
+    other = make_raw(tmp_path / "other.raw", 11)  # same size, other data
+    before = {t: child_rows(glance_api, t, image_id) for t in ("image_locations", "image_tags")}
+    row = image_row(glance_api, image_id)
+    result = recover(
+        *db_args(glance_api), "--glance-endpoint", glance_api.endpoint, "image", image_id,
+        "--base-file", str(other), *(["--via-api"] if via_api else []), "--yes",
+    )  # fmt: skip
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"Error: the bytes from {other} on local are not image {image_id}'s raw upload (md5 "
+        f"{hashlib.md5(other.read_bytes()).hexdigest()} where the row says "
+        f"{hashlib.md5(raw.read_bytes()).hexdigest()}): nova keeps a raw upload byte for byte "
+        "in _base, so this copy is partial or damaged; use a complete copy of the _base file; "
+        "--accept-new-bytes stores these bytes anyway, reported as NEW data\n"
+    )
+    assert image_row(glance_api, image_id) == row
+    assert {t: child_rows(glance_api, t, image_id) for t in before} == before
+    assert not (glance_api.store_dir / image_id).exists()
+    assert not (tmp_path / "state" / "journal").exists()
+
+
 # --- 3. a wrong row is caught by glanceclient's check ----------------------------------------------
 
 
@@ -404,3 +437,189 @@ def test_fixture_describes_itself(glance_api: GlanceApi) -> None:
     # No token at all: the unauthenticated-context pipeline plus the policy override.
     assert isinstance(list(glance_api.client().images.list()), list)
     assert "Listening at: " + glance_api.endpoint in glance_api.log_tail(200)
+
+
+# --- issue 10 item 9: a deactivated row deleted by hand comes back deactivated ------------------
+
+
+@pytest.mark.parametrize("path", ["store-file", "via-api"])
+def test_deactivated_row_deleted_by_hand_comes_back_deactivated(
+    glance_api: GlanceApi, tmp_path: Path, path: str
+) -> None:
+    """status='deactivated' with deleted=1 (a soft delete made in SQL): recovered, still
+    deactivated (an admin blocked downloads; recovering must not lift that), served to admins
+    with a verified download, and reactivated by the admin's own call."""
+    raw = make_raw(tmp_path / "guest.raw", 21)
+    data = raw.read_bytes()
+    client = glance_api.client()
+    image_id = create_image(client, data, "raw", **PROPS)
+    client.images.deactivate(image_id)
+    glance_api.query(
+        "UPDATE images SET deleted = 1, deleted_at = UTC_TIMESTAMP() WHERE id = %s", (image_id,)
+    )
+    args = [*db_args(glance_api), "--glance-endpoint", glance_api.endpoint, "image", image_id]
+    if path == "via-api":  # the data is gone too: Glance writes it again from the _base copy
+        glance_api.query(
+            "UPDATE image_locations SET deleted = 1, status = 'deleted' WHERE image_id = %s",
+            (image_id,),
+        )
+        (glance_api.store_dir / image_id).unlink()
+        args += ["--base-file", str(raw), "--via-api"]
+    with pytest.raises(glance_exc.HTTPNotFound):
+        client.images.get(image_id)
+
+    result = recover(*args, "--yes", "--format", "json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    status = report["verify"][0]
+    assert (status["check"], status["ok"], status["detail"]) == (
+        "api status", True, "status=deactivated",
+    )  # fmt: skip
+    assert all(c["ok"] for c in report["verify"]), report["verify"]
+    row = image_row(glance_api, image_id)
+    assert (row["status"], row["deleted"], row["deleted_at"]) == ("deactivated", 0, None)
+    assert client.images.get(image_id)["status"] == "deactivated"
+    assert verify(glance_api, image_id)["ok"] is True
+
+    client.images.reactivate(image_id)
+    assert_served(glance_api, image_id, data)
+
+
+# --- 5. multi-store: the location of the store the file goes to (issue 10 item 4) ----------------
+
+MULTISTORE = {"fast": "file", "slow": "file", "web": "http"}
+
+
+@pytest.fixture(scope="module")
+def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A plain HTTP server on 127.0.0.1 serving a directory: what the ``web:http`` store reads."""
+    root = tmp_path_factory.mktemp("web")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def glance_multistore(
+    glance_api: GlanceApi,
+    glance_api_venv: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    web_server: tuple[str, Path],
+) -> Iterator[GlanceApi]:
+    """A Glance with ``enabled_backends = fast:file, slow:file, web:http`` (default ``fast``),
+    on a database of its own (``ga_multi``, synced by ``glance-manage``). Glance refuses
+    loopback URLs as locations unless allowed (glance 33 ``glance/common/utils.py``
+    ``get_validated_address``): the web server's host and port are."""
+    from tests.glance_api import start_glance
+
+    glance_api.server.query("DROP DATABASE IF EXISTS ga_multi")
+    glance_api.server.query("CREATE DATABASE ga_multi CHARACTER SET utf8")
+    directory = tmp_path_factory.mktemp("glance-multi")
+    port = web_server[0].rsplit(":", 1)[1]
+    api = start_glance(
+        directory, glance_api_venv, glance_api.server, "ga_multi", store_dir=directory / "fast",
+        sync=True, backends=MULTISTORE,
+        extra=f"\n[import_filtering_opts]\nallowed_hosts = [127.0.0.1]\nallowed_ports = [{port}]\n",
+    )  # fmt: skip
+    try:
+        yield api
+    finally:
+        api.stop()
+
+
+def fast_and_web_image(api: GlanceApi, web: tuple[str, Path], data: bytes) -> str:
+    """Upload into ``fast`` (location 1), add the same bytes on the web server as a second
+    location (``web``, the newest row), then delete the image: all through the API."""
+    client = api.client()
+    image_id = create_image(client, data, "raw", **PROPS)
+    url, root = web
+    (root / image_id).write_bytes(data)
+    client.images.add_location(image_id, f"{url}/{image_id}", {"store": "web"})
+    client.images.delete(image_id)
+    return image_id
+
+
+def multistore_args(api: GlanceApi) -> list[str]:
+    return ["--glance-conf", str(api.conf_path)]
+
+
+def test_multistore_revives_the_fast_location_and_leaves_the_web_one(
+    glance_multistore: GlanceApi, web_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    api = glance_multistore
+    raw = make_raw(tmp_path / "guest.raw", 11)
+    image_id = fast_and_web_image(api, web_server, raw.read_bytes())
+    fast_file = api.store_dir / image_id
+    before = child_rows(api, "image_locations", image_id)
+    assert [(r["value"], json.loads(r["meta_data"]), r["status"], r["deleted"]) for r in before] == [
+        (f"file://{fast_file}", {"store": "fast"}, "deleted", 1),
+        (f"{web_server[0]}/{image_id}", {"store": "web"}, "deleted", 1),
+    ]  # fmt: skip
+    assert not fast_file.exists()
+
+    result = recover(
+        *multistore_args(api), "--glance-endpoint", api.endpoint,
+        "image", image_id, "--base-file", str(raw), "--yes", "--format", "json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert all(c["ok"] for c in report["verify"]), report["verify"]
+    assert (
+        f"location rows of other stores left as Glance left them: {before[1]['id']} (store web)"
+        in report["notes"]
+    )
+
+    after = child_rows(api, "image_locations", image_id)
+    fast_row, web_row = after
+    assert (fast_row["id"], fast_row["value"], json.loads(fast_row["meta_data"])) == (
+        before[0]["id"], f"file://{fast_file}", {"store": "fast"},
+    )  # fmt: skip
+    assert (fast_row["status"], fast_row["deleted"], fast_row["deleted_at"]) == ("active", 0, None)
+    assert web_row == before[1]  # exactly as Glance left it
+    assert fast_file.read_bytes() == raw.read_bytes()
+    assert_served(api, image_id, raw.read_bytes())
+    checks = {c["check"]: (c["ok"], c["detail"]) for c in verify_multi(api, image_id)["checks"]}
+    assert checks["location store"] == (True, "meta_data store 'fast', file in store 'fast'")
+
+
+def verify_multi(api: GlanceApi, image_id: str, *extra: str) -> dict[str, Any]:
+    result = recover(*multistore_args(api), *extra, "verify", image_id, "--format", "json")
+    assert result.stdout, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    assert report["ok"] is (result.exit_code == 0)
+    return report
+
+
+def test_verify_catches_a_file_location_under_another_stores_id(
+    glance_multistore: GlanceApi, web_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    """What the first release did: the web row rewritten to the fast file, keeping its store id.
+    Glance answers HTTP 500 on download; `recover verify` (without the API) must say so too."""
+    api = glance_multistore
+    raw = make_raw(tmp_path / "guest.raw", 12)
+    image_id = fast_and_web_image(api, web_server, raw.read_bytes())
+    result = recover(*multistore_args(api), "image", image_id, "--base-file", str(raw), "--yes")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    fast_row, web_row = child_rows(api, "image_locations", image_id)
+    api.query(
+        "UPDATE image_locations SET deleted = 1, status = 'deleted' WHERE id = %s",
+        (fast_row["id"],),
+    )
+    api.query(
+        "UPDATE image_locations SET value = %s, deleted = 0, deleted_at = NULL, status = 'active' "
+        "WHERE id = %s",
+        (fast_row["value"], web_row["id"]),
+    )
+    with pytest.raises(glance_exc.HTTPInternalServerError):
+        b"".join(api.client().images.data(image_id))
+
+    report = verify_multi(api, image_id)
+    assert failed_checks(report) == {
+        "location store": "meta_data store 'web', file in store 'fast'"
+    }

@@ -110,7 +110,9 @@ def test_403_and_500_change_nothing(
             forbidden,
             f"Error: upload image {image_id}: Glance says 403 Forbidden; the account needs the admin role\n",
         ),
-        (failing, f"Error: upload image {image_id}: Glance answered HTTP 500: "),
+        # Issue 10 item 3: a Glance that answers 500 to everything is refused by the API
+        # check before any change, so the rows never went to queued (no journal).
+        (failing, "Error: the Glance API check before any change: Glance answered HTTP 500: "),
     ):
         result = run(["--glance-db", glance_api.db_url, "--store-dir", str(glance_api.store_dir),
                       "--glance-endpoint", api.endpoint, "image", image_id, "--base-file", str(disk),
@@ -123,7 +125,7 @@ def test_403_and_500_change_nothing(
         assert image_rows(glance_api, image_id) == before
         assert not (glance_api.store_dir / image_id).exists()
     journals = sorted((tmp_path / "state" / "journal").glob("*.json"))
-    assert len(journals) == 2
+    assert len(journals) == 1
     assert all('"status": "rolled-back"' in j.read_text() for j in journals)
 
 
@@ -184,3 +186,112 @@ def test_via_api_from_host_reads_base_over_ssh(
     report = json.loads(result.stdout)
     assert [c["check"] for c in report["verify"] if not c["ok"]] == []
     assert report["uploaded"]["size"] == disk.stat().st_size
+
+
+# --- issue 10 item 3: the API is checked before anything is written; after COMMIT, any failure
+# --- says the recovery was committed and names the journal and the undo command ---------------
+
+
+def store_and_journals(glance_api: GlanceApi, image_id: str, tmp_path: Path) -> tuple[bool, int]:
+    journals = list((tmp_path / "state" / "journal").glob("*.json"))
+    return (glance_api.store_dir / image_id).exists(), len(journals)
+
+
+@pytest.mark.parametrize("broken", ["unreachable", "http-500", "403-on-list"])
+def test_api_that_does_not_answer_refuses_before_anything_is_written(
+    glance_api: GlanceApi, broken_glance: Any, tmp_path: Path, broken: str
+) -> None:
+    if broken == "unreachable":
+        endpoint = "http://127.0.0.1:9"
+        problem = "cannot reach the Glance API: "
+    elif broken == "http-500":
+        glance_api.server.query("CREATE DATABASE IF NOT EXISTS ga_empty CHARACTER SET utf8")
+        endpoint = broken_glance(db_name="ga_empty", expect=500).endpoint
+        problem = "Glance answered HTTP 500: "
+    else:
+        endpoint = broken_glance(
+            policy='"context_is_admin": "@"\n"get_images": "!"\n', expect=403
+        ).endpoint
+        problem = "Glance says 403 Forbidden; the account needs the admin role"
+    image_id, disk = deleted_image(glance_api, tmp_path)
+    before = image_rows(glance_api, image_id)
+    for extra in ([], ["--dry-run"]):
+        result = run(["--glance-db", glance_api.db_url, "--store-dir", str(glance_api.store_dir),
+                      "--glance-endpoint", endpoint, "image", image_id, "--base-file", str(disk),
+                      "--yes", *extra])  # fmt: skip
+        assert result.exit_code == 1
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert result.stderr.startswith(
+            f"Error: the Glance API check before any change: {problem}"
+        ), result.stderr
+        assert result.stderr.endswith(
+            "; nothing was changed; check --glance-endpoint and the token (or OS_*), "
+            "or pass --no-verify\n"
+        ), result.stderr
+        assert image_rows(glance_api, image_id) == before
+        assert store_and_journals(glance_api, image_id, tmp_path) == (False, 0)
+    # --via-api is refused the same way, before the rows go to queued.
+    result = run(["--glance-db", glance_api.db_url, "--store-dir", str(glance_api.store_dir),
+                  "--glance-endpoint", endpoint, "image", image_id, "--base-file", str(disk),
+                  "--via-api", "--yes"])  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: the Glance API check before any change: {problem}")
+    assert result.stderr.endswith(
+        "; nothing was changed; --via-api needs the Glance API: check --glance-endpoint and the "
+        "token (or OS_*)\n"
+    ), result.stderr
+    assert image_rows(glance_api, image_id) == before
+    assert store_and_journals(glance_api, image_id, tmp_path) == (False, 0)
+
+
+#: Policies under which listing images works (the check before any change passes) but the
+#: verification after COMMIT fails, each a real answer of Glance's policy engine: an http:
+#: check makes oslo.policy raise, and Glance answers HTTP 500. Glance filters a listing through
+#: get_image too, so these run on a database whose only image is the deleted one.
+AFTER_COMMIT = {
+    "500-on-show": (
+        '"context_is_admin": "@"\n"get_image": "http://127.0.0.1:9/"\n',
+        "show image {id}: Glance answered HTTP 500: ",
+    ),
+    "403-on-download": (
+        '"context_is_admin": "@"\n"download_image": "!"\n',
+        "download image {id}: Glance says 403 Forbidden; the account needs the admin role",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(AFTER_COMMIT))
+def test_failure_after_commit_says_committed_and_names_journal_and_undo(
+    glance_api: GlanceApi, broken_glance: Any, tmp_path: Path, case: str
+) -> None:
+    policy, problem = AFTER_COMMIT[case]
+    glance_api.server.query("DROP DATABASE IF EXISTS ga_after")
+    glance_api.server.query("CREATE DATABASE ga_after CHARACTER SET utf8")
+    healthy = broken_glance(db_name="ga_after", sync=True)
+    failing = broken_glance(db_name="ga_after", policy=policy)
+    image_id, disk = deleted_image(healthy, tmp_path)
+    before = image_rows(healthy, image_id)
+    result = run(["--glance-db", healthy.db_url, "--store-dir", str(glance_api.store_dir),
+                  "--glance-endpoint", failing.endpoint, "image", image_id, "--base-file",
+                  str(disk), "--yes"])  # fmt: skip
+    assert result.exit_code == 1
+    (journal,) = (tmp_path / "state" / "journal").glob("*.json")
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    head, _, tail = result.stderr.partition(problem.format(id=image_id))
+    assert head == (
+        f"Error: the recovery of image {image_id} was COMMITTED (journal {journal}), but "
+        "verifying it through the Glance API failed: "
+    ), result.stderr
+    assert tail.endswith(
+        f"; it is in the database now: inspect it; `recover undo {journal}` reverses it\n"
+    ), result.stderr
+    assert '"status": "committed"' in journal.read_text()
+    (row,) = healthy.query("SELECT status, deleted FROM images WHERE id = %s", (image_id,))
+    assert (row["status"], row["deleted"]) == ("active", 0)
+    assert (glance_api.store_dir / image_id).read_bytes() == disk.read_bytes()
+    # The named undo reverses it all.
+    undo = run(["--glance-db", healthy.db_url, "--store-dir", str(glance_api.store_dir),
+                "undo", str(journal), "--yes"])  # fmt: skip
+    assert undo.exit_code == 0, undo.stderr
+    assert image_rows(healthy, image_id) == before
+    assert not (glance_api.store_dir / image_id).exists()

@@ -71,8 +71,9 @@ def test_incident_image_rebuilt_from_base_file_as_qcow2(
     assert (md5, sha, size) == scenario.original
     placed = scenario.store / SNAPSHOT
     assert placed.stat().st_mode & 0o777 == 0o640  # like the store's other file
+    # Only the image file is new: the lock file went with the run (PRODUCT.md, safety model).
     assert store_listing(scenario.store) == sorted(
-        [SNAPSHOT, "6e2d4b1a-8c3f-4e5d-9a7b-1f0c2e3d4a5b", f".recover-lock-{SNAPSHOT}"]
+        [SNAPSHOT, "6e2d4b1a-8c3f-4e5d-9a7b-1f0c2e3d4a5b"]
     )
     assert "Done: recover image" in result.stdout
 
@@ -184,7 +185,12 @@ def test_iso_row_needs_disk_format_raw(
     make_db: MakeDb, tmp_path: Path, mariadb_server: Any
 ) -> None:
     scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
-    mariadb_server.query(f"UPDATE i_glance.images SET disk_format = 'iso' WHERE id = '{SNAPSHOT}'")
+    # An iso upload is raw data, kept byte for byte in _base: its row has the _base's hashes.
+    md5, sha, size = digests(scenario.base)
+    mariadb_server.query(
+        f"UPDATE i_glance.images SET disk_format = 'iso', checksum = '{md5}', size = {size}, "
+        f"os_hash_value = '{sha}' WHERE id = '{SNAPSHOT}'"
+    )
     refused = run(scenario.args("image", SNAPSHOT, "--base-file", str(scenario.base), "--yes"))
     assert refused.exit_code == 1
     assert refused.stderr == (
@@ -206,7 +212,11 @@ def test_iso_row_needs_disk_format_raw(
         ("missing", "--base-file {base}.nope does not exist or is not a regular file"),
         ("part", "{base}.part is a file nova is still writing; use the finished _base file"),
         ("backing", "{base}.overlay on local has a backing file"),
-        ("small", "is 1048576 bytes, smaller than the image needs"),
+        (
+            "small",
+            "{base}.small on local has a virtual size of 1048576 bytes, but image "
+            f"{SNAPSHOT} had 67108864 (its row's virtual_size): a partial copy",
+        ),
         ("truncated", "qemu-img info failed: "),
     ],
 )
@@ -229,7 +239,6 @@ def test_bad_sources_change_nothing(
         subprocess.run(
             ["qemu-img", "create", "-f", "raw", str(source), "1M"], check=True, capture_output=True
         )
-        mariadb_server.query(f"UPDATE i_glance.images SET min_disk = 1 WHERE id = '{SNAPSHOT}'")
     elif prepare == "truncated":
         subprocess.run(
             ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(base), str(source)], check=True
@@ -243,6 +252,174 @@ def test_bad_sources_change_nothing(
     assert message.format(base=base) in result.stderr, result.stderr
     assert mariadb_server.checksum("i_glance") == before
     assert store_listing(scenario.store) == listing
+
+
+def partial_copy(base: Path, size: int) -> Path:
+    """The first ``size`` bytes of ``base``: what ``scp`` has written so far (``head -c``)."""
+    partial = base.with_name(f"{base.name}.scp-in-progress")
+    with open(base, "rb") as source, open(partial, "wb") as target:
+        target.write(source.read(size))
+    return partial
+
+
+NEW_BYTES_HINT = (
+    "use a complete copy of the _base file; --accept-new-bytes stores these bytes anyway, "
+    "reported as NEW data"
+)
+
+
+@pytest.mark.parametrize("virtual_size", ["known", "null"])
+def test_partial_copy_of_a_raw_images_base_is_refused(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any, virtual_size: str
+) -> None:
+    """A raw upload's virtual size is its size: 40 of its 64 MiB is refused before any copy."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, disk_format="raw")
+    basis = "its row's virtual_size"
+    if virtual_size == "null":
+        mariadb_server.query(
+            f"UPDATE i_glance.images SET virtual_size = NULL WHERE id = '{SNAPSHOT}'"
+        )
+        basis = "the size of its raw upload"
+    partial = partial_copy(scenario.base, 40 << 20)
+    before, listing = mariadb_server.checksum("i_glance"), store_listing(scenario.store)
+    for extra in (["--dry-run"], ["--yes"]):
+        result = run(scenario.args("image", SNAPSHOT, "--base-file", str(partial), *extra))
+        assert (result.exit_code, result.stdout) == (1, "")
+        assert result.stderr == (
+            f"Error: {partial} on local has a virtual size of 41943040 bytes, but image {SNAPSHOT} "
+            f"had 67108864 ({basis}): a partial copy (an scp or a download still running?), not "
+            f"this image's data; {NEW_BYTES_HINT}\n"
+        )
+    assert mariadb_server.checksum("i_glance") == before
+    assert store_listing(scenario.store) == listing
+    assert not (tmp_path / "state" / "journal").exists()
+
+
+def test_raw_base_with_other_bytes_is_refused_naming_both_checksums(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any
+) -> None:
+    """Same size, one byte changed: only the md5 of the bytes made tells; nothing is placed."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, disk_format="raw")
+    damaged = partial_copy(scenario.base, 64 << 20)
+    with open(damaged, "r+b") as handle:
+        handle.seek(17 << 20)
+        handle.write(b"\0")
+    md5 = digests(damaged)[0]
+    before, listing = mariadb_server.checksum("i_glance"), store_listing(scenario.store)
+    result = run(scenario.args("image", SNAPSHOT, "--base-file", str(damaged), "--yes"))
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"Error: the bytes from {damaged} on local are not image {SNAPSHOT}'s raw upload (md5 "
+        f"{md5} where the row says {scenario.original[0]}): nova keeps a raw upload byte for "
+        f"byte in _base, so this copy is partial or damaged; {NEW_BYTES_HINT}\n"
+    )
+    assert mariadb_server.checksum("i_glance") == before
+    assert store_listing(scenario.store) == listing
+    assert not (tmp_path / "state" / "journal").exists()
+
+
+def test_accept_new_bytes_stores_them_and_says_so_loudly(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any
+) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, disk_format="raw")
+    partial = partial_copy(scenario.base, 40 << 20)
+    md5, sha, size = digests(partial)
+    old_md5, _, old_size = scenario.original
+    refusals = [
+        f"{partial} on local has a virtual size of 41943040 bytes, but image {SNAPSHOT} had "
+        "67108864 (its row's virtual_size): a partial copy (an scp or a download still "
+        "running?), not this image's data",
+        f"the bytes from {partial} on local are not image {SNAPSHOT}'s raw upload (size {size} "
+        f"bytes where the row says {old_size}; md5 {md5} where the row says {old_md5}): nova "
+        "keeps a raw upload byte for byte in _base, so this copy is partial or damaged",
+    ]
+    warnings = [f"WARNING: NEW BYTES accepted (--accept-new-bytes): {r}" for r in refusals]
+    dry = run(scenario.args("image", SNAPSHOT, "--base-file", str(partial), "--accept-new-bytes",
+                            "--dry-run"))  # fmt: skip
+    assert dry.exit_code == 0, dry.stderr
+    assert f"-- {warnings[0]}\n" in dry.stdout  # the md5 is known only once the bytes exist
+    result = run(scenario.args("image", SNAPSHOT, "--base-file", str(partial), "--accept-new-bytes",
+                               "--yes", "--format", "json"))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == "".join(
+        f"Warning: NEW BYTES stored (--accept-new-bytes), not the original upload: {r}\n"
+        for r in refusals
+    )
+    report = json.loads(result.stdout)
+    assert report["bytes"] == {
+        "identical": False,
+        "new_bytes_accepted": True,
+        "overridden": refusals,
+        "original": {"checksum": old_md5, "size": old_size, "virtual_size": 64 << 20},
+        "new": {"checksum": md5, "size": size, "virtual_size": 40 << 20},
+    }
+    assert report["notes"][-3:] == [
+        f"the new file's bytes are NEW, not the original upload's: md5 {md5} (was {old_md5}), "
+        f"size {size} (was {old_size})",
+        *warnings,
+    ]
+    row = scenario.row()
+    assert (row["checksum"], row["size"], row["virtual_size"], row["os_hash_value"]) == (
+        md5, size, 40 << 20, sha,
+    )  # fmt: skip
+    (journal,) = (tmp_path / "state" / "journal").glob("*-image-*.json")
+    assert json.loads(journal.read_text())["notes"][-2:] == warnings
+    table = run(scenario.args("verify", SNAPSHOT))
+    assert table.exit_code == 0, table.stdout  # the row now describes the bytes it has
+
+
+def test_min_disk_is_no_lower_bound_on_the_image(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any
+) -> None:
+    """min_disk=1 (GiB) is the root disk a flavor needs; the image is 64 MiB: it comes back."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    mariadb_server.query(f"UPDATE i_glance.images SET min_disk = 1 WHERE id = '{SNAPSHOT}'")
+    result = run(scenario.args("image", SNAPSHOT, "--base-file", str(scenario.base), "--yes",
+                               "--format", "json"))  # fmt: skip
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert assert_recovered(scenario) == scenario.original
+    assert scenario.row()["min_disk"] == 1
+    assert json.loads(result.stdout)["bytes"]["identical"] is True
+
+
+def test_dry_run_sql_of_a_rebuild_cannot_be_replayed(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any
+) -> None:
+    """The new file's hashes and sizes do not exist in a dry-run: placeholders, so the mariadb
+    client stops at them and nothing changes (the old values would make the image active with a
+    stale checksum and no file)."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, disk_format="raw")
+    before = mariadb_server.checksum("i_glance")
+    dry = run(scenario.args("image", SNAPSHOT, "--base-file", str(scenario.base), "--dry-run"))
+    assert dry.exit_code == 0, dry.stderr
+    update = next(line for line in dry.stdout.splitlines() if line.startswith("UPDATE images "))
+    assert update == (
+        "UPDATE images SET size=<new_size>, status='active', updated_at='{now}', "
+        "deleted_at=NULL, deleted=0, checksum=<new_checksum>, virtual_size=<new_virtual_size>, "
+        f"os_hash_value=<new_os_hash_value> WHERE images.id = '{SNAPSHOT}';"
+    ).format(now=update.split("updated_at='")[1].split("'")[0])
+    assert (
+        "-- <new_checksum>, <new_size>, <new_virtual_size>, <new_os_hash_value> are computed from "
+        "the new file, which a dry-run does not make: placeholders, not values, so this SQL "
+        "replayed by hand fails at them and ends in ROLLBACK: it changes nothing; apply with "
+        "the same command and --yes\n"
+    ) in dry.stdout
+    assert dry.stdout.endswith(
+        "\n-- ROLLBACK, not COMMIT: the <...> placeholders are not values\nROLLBACK;\n"
+    )
+    md5, _, size = scenario.original
+    assert (
+        f"-- a raw upload is kept byte for byte in _base: the run refuses a file whose size is "
+        f"not {size} or whose md5 is not {md5}\n"
+    ) in dry.stdout
+    # --force: a client that goes on after the error still commits nothing (ROLLBACK).
+    for force in ([], ["--force"]):
+        replay = subprocess.run([*mariadb_server.client_argv("i_glance"), *force],
+                                input=dry.stdout, text=True, capture_output=True, check=False)  # fmt: skip
+        assert replay.returncode == (0 if force else 1)  # --force: errors shown, exit 0
+        assert "ERROR 1064 (42000)" in replay.stderr and "near '<new_size>" in replay.stderr
+        assert mariadb_server.checksum("i_glance") == before
+        assert scenario.row()["status"] == "deleted"
 
 
 def test_no_source_is_refused_with_the_choices(make_db: MakeDb, tmp_path: Path) -> None:
@@ -269,11 +446,29 @@ def test_database_error_at_commit_removes_the_placed_file(
         assert result.exit_code == 1
         assert "injected failure" in result.stderr and len(result.stderr.splitlines()) == 1
         assert mariadb_server.checksum("i_glance") == before
-        assert store_listing(scenario.store) == sorted([*listing, f".recover-lock-{SNAPSHOT}"])
+        assert store_listing(scenario.store) == listing
         (journal,) = (tmp_path / "state" / "journal").glob("*-image-*.json")
         assert json.loads(journal.read_text())["status"] == "rolled-back"
     finally:
         mariadb_server.query("DROP TRIGGER i_glance.no_tags")
+
+
+def test_a_refusal_under_the_lock_leaves_the_store_as_it_was(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any
+) -> None:
+    """Refused after the bytes were made (the store's file is someone else's): no staged file
+    and no lock file stay behind."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    squatter = scenario.store / SNAPSHOT
+    squatter.write_bytes(b"not this image")
+    before, listing = mariadb_server.checksum("i_glance"), store_listing(scenario.store)
+    result = run(scenario.args("image", SNAPSHOT, "--base-file", str(scenario.base), "--yes"))
+    assert (result.exit_code, result.stderr) == (1, (
+        f"Error: {squatter} already exists with other content (md5 {digests(squatter)[0]}); "
+        "move it away if it is not this image, then re-run\n"
+    ))  # fmt: skip
+    assert mariadb_server.checksum("i_glance") == before
+    assert store_listing(scenario.store) == listing
 
 
 @pytest.fixture
@@ -312,7 +507,7 @@ def test_full_store_changes_nothing(
         result.stderr
     )
     assert mariadb_server.checksum("i_glance") == before
-    assert store_listing(store) == [f".recover-lock-{SNAPSHOT}"]
+    assert store_listing(store) == []
 
 
 def test_read_only_store_changes_nothing(
@@ -423,3 +618,199 @@ def test_multistore_glance_gets_the_store_id_in_the_location(
     assert result.exit_code == 0, result.stderr
     locations = scenario.children()["image_locations"]
     assert locations == [(f"file://{scenario.store}/{SNAPSHOT}", "active", 0, '{"store": "fast"}')]
+
+
+# --- issue 10 item 9: a row that says active/deactivated with deleted=1 is a deleted row ----------
+
+
+@pytest.mark.parametrize("status", ["active", "deactivated"])
+def test_deleted_row_that_says_active_or_deactivated_is_recovered(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any, status: str
+) -> None:
+    """Listed by the inventory with a command that used to refuse ("is 'active', not deleted,
+    pending_delete or killed"); the command now works. A deactivated image comes back
+    deactivated: an admin blocked its downloads, recovering it must not lift that."""
+    import shlex
+
+    from recover.db.engine import open_database
+    from recover.simulate import Instance, create_instance
+
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, delayed=True)
+    mariadb_server.query(f"UPDATE i_glance.images SET status = '{status}' WHERE id = '{SNAPSHOT}'")
+    nova_url = make_db(clouds.LEGACY_NOVA, "d_nova")
+    nova = open_database(nova_url, "nova")
+    with nova.engine.begin() as conn:
+        create_instance(conn, nova, Instance(
+            uuid="91000000-0000-4000-8000-000000000001", flavor=clouds.SMALL, flavor_id=1,
+            image_ref=SNAPSHOT, host="compute-12",
+        ))  # fmt: skip
+    nova.dispose()
+    listed = run(["--nova-db", nova_url, *scenario.args("inventory", "--format", "json")])
+    assert listed.exit_code == 0, listed.stderr
+    (image,) = json.loads(listed.stdout)["images"]
+    assert (image["id"], image["status"], image["row_status"], image["store_file"]) == (
+        SNAPSHOT, "deleted", status, True,
+    )  # fmt: skip
+    assert image["recover"] == f"recover image {SNAPSHOT}"
+    if status == "deactivated":
+        assert image["note"].endswith("; it comes back deactivated, as an admin left it")
+
+    command = shlex.split(image["recover"])
+    assert command[0] == "recover"
+    result = run(scenario.args(*command[1:], "--yes"))
+    assert result.exit_code == 0, result.stderr
+    assert f"image row back to {status}" in result.stdout
+    row = scenario.row()
+    assert (row["status"], row["deleted"], row["deleted_at"]) == (status, 0, None)
+    children = scenario.children()
+    assert children["image_properties"] == [(name, 0) for name in sorted(PROPERTIES)]
+    assert children["image_locations"] == [
+        (f"file://{scenario.store / SNAPSHOT}", "active", 0, "{}")
+    ]
+    verified = run(scenario.args("verify", SNAPSHOT))
+    assert verified.exit_code == 0, verified.stdout + verified.stderr
+    assert f"  ok   status: status={status} deleted=0\n" in verified.stdout
+    again = run(["--nova-db", nova_url, *scenario.args("inventory", "--format", "json")])
+    assert json.loads(again.stdout)["images"] == []
+
+
+# --- issue 10 item 16: the store as Glance reads glance-api.conf ---------------------------------
+
+
+def datadirs_conf(scenario: Any, tmp_path: Path, high: Path) -> Path:
+    """The scenario's store as the low-priority datadir, ``high`` as the high-priority one."""
+    high.mkdir(parents=True, exist_ok=True)
+    conf = tmp_path / "glance-api.conf"
+    conf.write_text(
+        f"[database]\nconnection = {scenario.glance_url}\n[glance_store]\n"
+        f"filesystem_store_datadirs = {scenario.store}:100\n"
+        f"filesystem_store_datadirs = {high}:200\n"
+    )
+    return conf
+
+
+def test_datadirs_the_file_goes_to_the_highest_priority_and_the_moved_path_is_reported(
+    make_db: MakeDb, tmp_path: Path
+) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    high = tmp_path / "srv/glance/high"
+    conf = datadirs_conf(scenario, tmp_path, high)
+    result = run(["--glance-conf", str(conf), "image", SNAPSHOT, "--base-file",
+                  str(scenario.base), "--yes", "--format", "json"])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert (
+        f"location 1 was file://{scenario.store}/{SNAPSHOT}; the file is now placed at "
+        f"file://{high}/{SNAPSHOT}"
+    ) in json.loads(result.stdout)["notes"]
+    assert digests(high / SNAPSHOT) == scenario.original
+    assert not (scenario.store / SNAPSHOT).exists()
+    assert scenario.children()["image_locations"] == [
+        (f"file://{high}/{SNAPSHOT}", "active", 0, "{}")
+    ]
+    check = run(["--glance-conf", str(conf), "verify", SNAPSHOT])
+    assert check.exit_code == 0, check.stdout + check.stderr
+
+
+def test_datadirs_pending_delete_file_in_a_lower_priority_dir_is_undeleted_in_place(
+    make_db: MakeDb, tmp_path: Path
+) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, delayed=True)
+    high = tmp_path / "srv/glance/high"
+    conf = datadirs_conf(scenario, tmp_path, high)
+    result = run(["--glance-conf", str(conf), "image", SNAPSHOT, "--yes"])
+    assert result.exit_code == 0, result.stderr
+    assert "the store still holds" in result.stdout
+    assert "the file is now placed" not in result.stdout
+    assert list(high.iterdir()) == []
+    assert assert_recovered(scenario) == scenario.original
+
+
+@pytest.mark.parametrize(
+    "store_conf",
+    [
+        "[glance_store]\nstores = rbd, file\ndefault_store = rbd\n",
+        "[DEFAULT]\nenabled_backends = ceph:rbd, fs:file\n[glance_store]\ndefault_backend = ceph\n",
+    ],
+    ids=["single-store", "multi-store"],
+)
+def test_default_store_rbd_points_at_via_api(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any, store_conf: str
+) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    conf = tmp_path / "glance-api.conf"
+    conf.write_text(f"{store_conf}[database]\nconnection = {scenario.glance_url}\n")
+    before, listing = mariadb_server.checksum("i_glance"), store_listing(scenario.store)
+    for extra in ([], ["--dry-run"]):
+        result = run(["--glance-conf", str(conf), "image", SNAPSHOT, "--base-file",
+                      str(scenario.base), "--yes", *extra])  # fmt: skip
+        assert (result.exit_code, result.stderr) == (1, (
+            "Error: Glance's default store is of type 'rbd', not a filesystem store: recover "
+            "writes only filesystem stores itself; pass --via-api (with --glance-endpoint and "
+            "--os-token, or OS_AUTH_URL) so that Glance uploads the image into its own store\n"
+        ))  # fmt: skip
+    assert mariadb_server.checksum("i_glance") == before
+    assert store_listing(scenario.store) == listing
+
+
+def test_multistore_without_a_location_in_the_target_store_gets_a_new_row(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any
+) -> None:
+    """Issue 10 item 4: the image's only location is of another store (``web``): that row
+    stays as Glance left it, and the file placed in ``fast`` gets a location row of its own."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    web = f"http://images.example.com/{SNAPSHOT}"
+    mariadb_server.query(
+        'UPDATE i_glance.image_locations SET value = %s, meta_data = \'{"store": "web"}\' '
+        "WHERE image_id = %s",
+        (web, SNAPSHOT),
+    )
+    (old,) = mariadb_server.query(
+        "SELECT * FROM i_glance.image_locations WHERE image_id = %s", (SNAPSHOT,)
+    )
+    conf = tmp_path / "glance-api.conf"
+    conf.write_text(
+        "[DEFAULT]\nenabled_backends = fast:file, web:http\n[glance_store]\ndefault_backend = fast\n"
+        f"[fast]\nfilesystem_store_datadir = {scenario.store}\n"
+        f"[database]\nconnection = {scenario.glance_url}\n"
+    )
+    result = run(["--glance-conf", str(conf), "image", SNAPSHOT, "--base-file",
+                  str(scenario.base), "--yes", "--format", "json"])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    notes = json.loads(result.stdout)["notes"]
+    assert "location rows of other stores left as Glance left them: 1 (store web)" in notes
+    assert "the image had no location of store 'fast': a new location row 2" in notes
+    rows = mariadb_server.query(
+        "SELECT * FROM i_glance.image_locations WHERE image_id = %s ORDER BY id", (SNAPSHOT,)
+    )
+    assert rows[0] == old
+    assert scenario.children()["image_locations"] == [
+        (web, "deleted", 1, '{"store": "web"}'),
+        (f"file://{scenario.store}/{SNAPSHOT}", "active", 0, '{"store": "fast"}'),
+    ]
+    check = run(["--glance-conf", str(conf), "verify", SNAPSHOT, "--format", "json"])
+    assert check.exit_code == 0, check.stdout + check.stderr
+    assert {c["check"]: c["detail"] for c in json.loads(check.stdout)["checks"]}[
+        "location store"
+    ] == "meta_data store 'fast', file in store 'fast'"
+
+
+def test_datadirs_undo_removes_the_file_from_whichever_datadir_it_was_placed_in(
+    make_db: MakeDb, tmp_path: Path
+) -> None:
+    """Undo accepts the image file in any datadir of the store (among equal priorities the one
+    with most free space wins, so it need not be the one the undo resolves first)."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    high = tmp_path / "srv/glance/high"
+    conf = datadirs_conf(scenario, tmp_path, high)
+    before = scenario.children()
+    result = run(["--glance-conf", str(conf), "image", SNAPSHOT, "--base-file",
+                  str(scenario.base), "--yes", "--format", "json"])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    journal = json.loads(result.stdout)["journal"]
+    assert (high / SNAPSHOT).is_file()
+    undo = run(["--glance-conf", str(conf), "--store-dir", str(scenario.store),
+                "undo", journal, "--yes"])  # fmt: skip
+    assert undo.exit_code == 0, undo.stderr
+    assert not (high / SNAPSHOT).exists()
+    assert scenario.children() == before
+    assert scenario.row()["status"] == "deleted"

@@ -16,6 +16,7 @@ from click.testing import CliRunner, Result
 from recover.cli import cli
 from recover.db.engine import open_database
 from recover.demo import SNAPSHOT
+from recover.inventory import base_file_name
 from recover.simulate import Instance, create_instance
 from tests import clouds
 from tests.clouds import MakeDb
@@ -136,8 +137,10 @@ def test_missing_base_file_changes_nothing(
     before = mariadb_server.checksum("i_glance")
     result = run(from_host(scenario, "compute-12", "--yes"))
     assert result.exit_code == 1
+    # Both names nova may have given it: sha1 of the id, and of the id in upper case (item 6).
+    upper = scenario.base.with_name(base_file_name(SNAPSHOT.upper()))
     assert result.stderr == (
-        f"Error: no compute node has the _base file: compute-12: no {scenario.base}\n"
+        f"Error: no compute node has the _base file: compute-12: no {scenario.base} nor {upper}\n"
     )
     assert mariadb_server.checksum("i_glance") == before
 
@@ -195,3 +198,66 @@ def test_option_looking_host_on_the_command_line_is_a_usage_error(
     result = run(from_host(scenario, f"-oProxyCommand=touch {MARKER}", "--yes"))
     assert result.exit_code == 2
     assert not MARKER.exists()
+
+
+@pytest.mark.parametrize("hosts_from_nova", [True, False], ids=["from-nova", "named-host"])
+def test_base_file_of_an_upper_case_image_ref_is_found(
+    make_db: MakeDb, tmp_path: Path, hosts_from_nova: bool
+) -> None:
+    """Nova keeps image_ref as the client sent it and names _base after that spelling
+    (``get_cache_fname(instance.image_ref)``): sha1 of the upper-case id here. The hosts come
+    from instances whatever their spelling, and both names are tried on each host."""
+    scenario = incident_image(make_db, tmp_path, clouds.LEGACY_GLANCE)
+    upper_base = scenario.base.with_name(base_file_name(SNAPSHOT.upper()))
+    scenario.base.rename(upper_base)
+    args = from_host(scenario, None if hosts_from_nova else "compute-12", "--yes")
+    if hosts_from_nova:
+        nova_url = make_db(clouds.LEGACY_NOVA, "u_nova")
+        nova = open_database(nova_url, "nova")
+        with nova.engine.begin() as conn:
+            create_instance(conn, nova, Instance(
+                uuid="92000000-0000-4000-8000-000000000001", flavor=clouds.SMALL, flavor_id=1,
+                image_ref=SNAPSHOT.upper(), host="compute-12",
+            ))  # fmt: skip
+        nova.dispose()
+        args = ["--nova-db", nova_url, *args]
+    result = run(args)
+    assert result.exit_code == 0, result.stderr
+    assert f"rebuild from {upper_base} on compute-12 (ssh) (raw -> qcow2)" in result.stdout
+    assert assert_recovered(scenario) == scenario.original
+
+
+@pytest.mark.parametrize(
+    ("host", "where", "sent"),
+    [
+        ("compute-12", "on compute-12 (ssh)", []),  # qemu-img info there: refused before a copy
+        ("compute-noqemu", "from compute-noqemu (ssh)", [40 << 20]),  # checked on arrival
+    ],
+)
+def test_partial_base_on_a_compute_node_is_refused(
+    make_db: MakeDb,
+    tmp_path: Path,
+    mariadb_server: Any,
+    counting_ssh: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    host: str,
+    where: str,
+    sent: list[int],
+) -> None:
+    """A _base file nova (or an scp) has not finished writing: 40 of the image's 64 MiB."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, disk_format="raw")
+    os.truncate(scenario.base, 40 << 20)
+    monkeypatch.setenv("RECOVER_SSH_COMMAND", counting_ssh.command)
+    before, listing = mariadb_server.checksum("i_glance"), store_listing(scenario.store)
+    result = run(from_host(scenario, host, "--yes"))
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"Error: {scenario.base} {where} has a virtual size of 41943040 bytes, but image "
+        f"{SNAPSHOT} had 67108864 (its row's virtual_size): a partial copy (an scp or a download "
+        "still running?), not this image's data; use a complete copy of the _base file; "
+        "--accept-new-bytes stores these bytes anyway, reported as NEW data\n"
+    )
+    assert image_bytes(counting_ssh) == sent
+    assert mariadb_server.checksum("i_glance") == before
+    assert store_listing(scenario.store) == listing
+    assert sorted(p.name for p in scenario.base.parent.iterdir()) == [scenario.base.name]

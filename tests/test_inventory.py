@@ -81,8 +81,15 @@ def test_incident_on_legacy_nova_and_glance(legacy: Cloud) -> None:
                 "long_running": victims,
                 "sources": {"instance_extra": 2, "row": "instance_types", "system_metadata": 0},
                 "conflicting_instances": [],
+                "differ_in": [],
+                "variants": [],
+                "revert_resize_instances": [],
+                "live_flavor": None,
                 "at_risk": ["flavor show", "server list --flavor"],
                 "recover": "recover flavor 7",
+                "never_ran": [],
+                "note": None,
+                "recreate": None,
             }
         ],
         "images": [
@@ -100,13 +107,17 @@ def test_incident_on_legacy_nova_and_glance(legacy: Cloud) -> None:
                 "long_running": victims,
                 "hosts": [HOST],
                 "base_file": "141ce390743531b7da2db335d2159fa550f460c8",
+                "base_files": ["141ce390743531b7da2db335d2159fa550f460c8"],
                 "store_file": False,
                 "deleted_children": {"locations": 1, "members": 0, "properties": 4, "tags": 0},
                 "at_risk": ["rebuild", "evacuate"],
                 "recover": f"recover image {SNAPSHOT} --from-host {HOST}",
                 "note": "_base/141ce390743531b7da2db335d2159fa550f460c8 on a compute node that runs it",
+                "never_ran": [],
+                "row_status": "deleted",
             }
         ],
+        "never_ran": {"flavors": [], "images": []},
     }
 
 
@@ -132,8 +143,15 @@ def test_modern_two_cells_discovered_through_cell_mappings(modern: Cloud) -> Non
             "long_running": [clouds.VM_GONE_FLAVOR],
             "sources": {"instance_extra": 2, "row": None, "system_metadata": 0},
             "conflicting_instances": [],
+            "differ_in": [],
+            "variants": [],
+            "revert_resize_instances": [],
+            "live_flavor": None,
             "at_risk": ["flavor show", "server list --flavor"],
             "recover": "recover flavor gold-large-1",
+            "never_ran": [],
+            "note": None,
+            "recreate": None,
         }
     ]
     images = {i["id"]: i for i in data["images"]}
@@ -290,9 +308,12 @@ def test_instances_disagreeing_about_a_flavor_are_listed(modern: Cloud) -> None:
     cell1.dispose()
     flavor = inventory_json(modern)["flavors"][0]
     assert flavor["conflicting_instances"] == [clouds.VM_GONE_FLAVOR, other]
-    assert (
-        flavor["recover"] == f"recover flavor gold-large-1 --from-instance {clouds.VM_GONE_FLAVOR}"
-    )
+    # No instance is picked for the operator: the variants name one each (issue 10, item 8).
+    assert flavor["recover"] is None
+    assert flavor["variants"] == [
+        {"instances": 2, "example": clouds.VM_GONE_FLAVOR, "values": {"vcpus": 8}},
+        {"instances": 1, "example": other, "values": {"vcpus": 16}},
+    ]
 
 
 def test_unreachable_cell_gives_partial_report_and_exit_1(modern: Cloud, make_db: MakeDb) -> None:
@@ -467,3 +488,236 @@ def test_templated_cell_mapping_urls_are_filled_from_the_api_url(modern: Cloud) 
     data = inventory_json(modern)
     assert [c["name"] for c in data["cells"]] == ["cell1", "cell2"]
     assert data["flavors"][0]["instances"] == [clouds.VM_GONE_FLAVOR, clouds.VM_GONE_FLAVOR_2]
+
+
+# --- issue 10 item 6: Nova keeps image_ref as the client sent it, Glance ignores case ---------
+
+UPPER_ONLY_IMAGE = "c0000000-0000-4000-8000-00000000000c"
+VM_UPPER_DELETED = "21000000-0000-4000-8000-000000000001"
+VM_UPPER_ONLY = "21000000-0000-4000-8000-000000000002"
+VM_UPPER_LIVE = "21000000-0000-4000-8000-000000000003"
+
+
+def _boot(url: str, uuid: str, image_ref: str, host: str | None, *, flavor: Flavor = clouds.SMALL,
+          flavor_id: int = 1, **more: Any) -> None:  # fmt: skip
+    cell = open_database(url, "cell")
+    with cell.engine.begin() as conn:
+        create_instance(conn, cell, Instance(
+            uuid=uuid, flavor=flavor, flavor_id=flavor_id, image_ref=image_ref, host=host, **more,
+        ))  # fmt: skip
+    cell.dispose()
+
+
+def test_upper_case_image_refs_are_the_same_images(modern: Cloud) -> None:
+    """An upper-case image_ref of a deleted image used to crash the inventory (KeyError); one of
+    a live image made it a purged orphan. Both spellings now name one image, as in Glance."""
+    from recover.inventory import base_file_name
+    from recover.simulate import Image, create_image, delete_image
+
+    glance = open_database(modern.glance_url, "glance")
+    with glance.engine.begin() as conn:
+        create_image(
+            conn,
+            glance,
+            Image(
+                id=UPPER_ONLY_IMAGE,
+                name="win-2019",
+                size=2048,
+                location=f"file://{modern.store}/{UPPER_ONLY_IMAGE}",
+            ),
+        )
+        delete_image(conn, glance, UPPER_ONLY_IMAGE, clouds.DELETED_AT)
+    glance.dispose()
+    cell1, cell2 = modern.cell_urls["cell1"], modern.cell_urls["cell2"]
+    _boot(cell1, VM_UPPER_DELETED, clouds.DELETED_IMAGE.upper(), "compute-5")
+    _boot(cell2, VM_UPPER_ONLY, UPPER_ONLY_IMAGE.upper(), "compute-6")
+    _boot(cell2, VM_UPPER_LIVE, clouds.LIVE_IMAGE.upper(), "compute-2")
+    data = inventory_json(modern)
+    images = {i["id"]: i for i in data["images"]}
+    # Glance's (lower-case) ids; the live image is no orphan whatever the spelling.
+    assert sorted(images) == [UPPER_ONLY_IMAGE, clouds.DELETED_IMAGE, clouds.PENDING_IMAGE,
+                              clouds.SHELVE_SNAPSHOT]  # fmt: skip
+    both = images[clouds.DELETED_IMAGE]
+    assert (both["status"], both["instances"], both["hosts"], both["cells"]) == (
+        "deleted", [clouds.VM_DELETED_IMAGE, VM_UPPER_DELETED], ["compute-1", "compute-5"],
+        ["cell1"],
+    )  # fmt: skip
+    # nova names _base after image_ref as spelled: one name per spelling in use.
+    assert both["base_file"] == base_file_name(clouds.DELETED_IMAGE)
+    assert both["base_files"] == sorted(
+        [base_file_name(clouds.DELETED_IMAGE), base_file_name(clouds.DELETED_IMAGE.upper())]
+    )
+    upper = images[UPPER_ONLY_IMAGE]
+    assert (upper["status"], upper["name"], upper["instances"], upper["hosts"]) == (
+        "deleted", "win-2019", [VM_UPPER_ONLY], ["compute-6"],
+    )  # fmt: skip
+    assert upper["base_file"] == base_file_name(UPPER_ONLY_IMAGE.upper())
+    assert upper["base_files"] == [base_file_name(UPPER_ONLY_IMAGE.upper())]
+    assert upper["recover"] == f"recover image {UPPER_ONLY_IMAGE} --from-host compute-6"
+    assert upper["deleted_children"] == {"locations": 1, "members": 0, "properties": 0, "tags": 0}
+    csv_rows = list(
+        csv.DictReader(io.StringIO(run(modern.args("inventory", "--format", "csv")).stdout))
+    )
+    assert [r["instance"] for r in csv_rows if r["id"] == clouds.DELETED_IMAGE] == [
+        clouds.VM_DELETED_IMAGE, VM_UPPER_DELETED,
+    ]  # fmt: skip
+
+
+def test_upper_case_ref_of_a_live_image_is_no_orphan(make_db: MakeDb, tmp_path: Path) -> None:
+    """--fail-on-orphans exited 3 forever for it ("missing": purged)."""
+    from recover.simulate import Image, create_api_flavor, create_image
+
+    api_url = make_db(clouds.MODERN_API, "u_api")
+    cell = make_db(clouds.MODERN_NOVA, "u_cell1")
+    glance_url = make_db(clouds.MODERN_GLANCE, "u_glance")
+    api, glance = open_database(api_url, "api"), open_database(glance_url, "glance")
+    with api.engine.begin() as conn:
+        clouds.map_cell(conn, api, clouds.CELL1_UUID, "cell1", cell)
+        create_api_flavor(conn, api, clouds.SMALL)
+    with glance.engine.begin() as conn:
+        create_image(conn, glance, Image(id=clouds.LIVE_IMAGE, name="ubuntu-24.04", size=1024))
+    api.dispose()
+    glance.dispose()
+    _boot(cell, VM_UPPER_LIVE, clouds.LIVE_IMAGE.upper(), "compute-1")
+    cloud = Cloud(api_url=api_url, cell_urls={"cell1": cell}, glance_url=glance_url, store=tmp_path)
+    data = inventory_json(cloud, "--fail-on-orphans")
+    assert (data["flavors"], data["images"], data["warnings"]) == ([], [], [])
+    result = run(cloud.args("inventory", "--fail-on-orphans"))
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert "Summary: 0 flavor(s), 0 image(s), 0 instance(s) affected\n" in result.stdout
+
+
+# --- issue 10 item 10: failed builds in cell0 never ran -----------------------------------------
+
+NEVER_IMAGE = "b0000000-0000-4000-8000-00000000000b"
+NEVER_FLAVOR = Flavor(name="tiny.never", flavorid="never-1", memory_mb=512, vcpus=1, root_gb=1)
+VM_CELL0_MIXED = "c0000000-0000-4000-8000-0000000000c1"  # gold + DELETED_IMAGE, like cell1's
+VM_CELL0_ONLY = "c0000000-0000-4000-8000-0000000000c2"  # the only user of its flavor and image
+
+
+def _failed_builds(cloud: Cloud) -> None:
+    """What nova's conductor leaves in cell0 when scheduling fails (``_bury_in_cell0``):
+    an instance in ERROR with no host, never launched."""
+    from recover.simulate import (
+        Image,
+        create_api_flavor,
+        create_image,
+        delete_image,
+        destroy_api_flavor,
+    )
+
+    api = open_database(str(cloud.api_url), "api")
+    with api.engine.begin() as conn:
+        never_id = create_api_flavor(conn, api, NEVER_FLAVOR)
+        destroy_api_flavor(conn, api, never_id)
+    api.dispose()
+    assert never_id == 3
+    glance = open_database(cloud.glance_url, "glance")
+    with glance.engine.begin() as conn:
+        create_image(conn, glance, Image(id=NEVER_IMAGE, name="typo", size=512))
+        delete_image(conn, glance, NEVER_IMAGE, clouds.DELETED_AT)
+    glance.dispose()
+    cell0 = cloud.cell_urls["cell0"]
+    _boot(cell0, VM_CELL0_MIXED, clouds.DELETED_IMAGE, None, flavor=clouds.GOLD, flavor_id=2,
+          vm_state="error")  # fmt: skip
+    _boot(cell0, VM_CELL0_ONLY, NEVER_IMAGE, None, flavor=NEVER_FLAVOR, flavor_id=3,
+          vm_state="error")  # fmt: skip
+
+
+def test_failed_builds_in_cell0_are_reported_apart(modern: Cloud) -> None:
+    _failed_builds(modern)
+    data = inventory_json(modern)
+    gold = data["flavors"]
+    assert [(f["id"], f["instances"], f["never_ran"], f["cells"]) for f in gold] == [
+        (2, [clouds.VM_GONE_FLAVOR, clouds.VM_GONE_FLAVOR_2], [VM_CELL0_MIXED], ["cell1", "cell2"])
+    ]
+    assert gold[0]["recover"] == "recover flavor gold-large-1"
+    images = {i["id"]: i for i in data["images"]}
+    assert sorted(images) == [clouds.DELETED_IMAGE, clouds.PENDING_IMAGE, clouds.SHELVE_SNAPSHOT]
+    deleted = images[clouds.DELETED_IMAGE]
+    assert (deleted["instances"], deleted["never_ran"], deleted["hosts"], deleted["cells"]) == (
+        [clouds.VM_DELETED_IMAGE], [VM_CELL0_MIXED], ["compute-1"], ["cell1"],
+    )  # fmt: skip
+    assert deleted["recover"] == f"recover image {clouds.DELETED_IMAGE} --from-host compute-1"
+    never = data["never_ran"]
+    assert [(f["id"], f["flavorid"], f["instances"], f["never_ran"], f["recover"])
+            for f in never["flavors"]] == [(3, "never-1", [], [VM_CELL0_ONLY], None)]  # fmt: skip
+    assert [(i["id"], i["instances"], i["never_ran"], i["hosts"], i["recover"], i["at_risk"])
+            for i in never["images"]] == [(NEVER_IMAGE, [], [VM_CELL0_ONLY], [], None, [])]  # fmt: skip
+    assert never["images"][0]["note"] == (
+        "only failed builds in cell0 use it: no compute node ever ran them; "
+        "delete them (openstack server delete) rather than recover the image"
+    )
+    # Still an exit 3 for the real orphans; the failed builds are counted apart.
+    result = run(modern.args("inventory", "--fail-on-orphans"))
+    assert result.exit_code == 3
+    assert (
+        "Summary: 1 flavor(s), 3 image(s), 5 instance(s) affected; "
+        "2 failed build(s) in cell0 set apart\n"
+    ) in result.stdout
+    assert f"    never ran, cell0 (1): {VM_CELL0_MIXED}\n" in result.stdout
+    rows = list(
+        csv.DictReader(io.StringIO(run(modern.args("inventory", "--format", "csv")).stdout))
+    )
+    assert not {VM_CELL0_MIXED, VM_CELL0_ONLY} & {r["instance"] for r in rows}
+
+
+def test_only_failed_builds_do_not_fail_on_orphans(modern: Cloud) -> None:
+    """cell0 holds the only users of a deleted flavor and image: shown, but exit 0."""
+    from recover.simulate import destroy_instance
+
+    _failed_builds(modern)
+    for name, vms in (
+        ("cell1", (clouds.VM_GONE_FLAVOR, clouds.VM_DELETED_IMAGE)),
+        ("cell2", (clouds.VM_GONE_FLAVOR_2, clouds.VM_PENDING, clouds.VM_SHELVED)),
+    ):
+        cell = open_database(modern.cell_urls[name], name)
+        with cell.engine.begin() as conn:
+            for vm in vms:
+                destroy_instance(conn, cell, vm, clouds.DELETED_AT)
+        cell.dispose()
+    result = run(modern.args("inventory", "--fail-on-orphans"))
+    assert (result.exit_code, result.stderr) == (0, "")
+    table = result.stdout
+    assert "Deleted flavors still used by live instances: 0\n" in table
+    assert "Deleted images still used by live instances: 0\n" in table
+    assert (
+        "Deleted flavors and images used only by failed builds in cell0 (never ran): 4\n"
+        "  flavor 2  flavorid gold-large-1  gold.large  [missing]\n"
+        f"    never ran, cell0 (1): {VM_CELL0_MIXED}\n"
+        "  flavor 3  flavorid never-1  tiny.never  [missing]\n"
+        f"    never ran, cell0 (1): {VM_CELL0_ONLY}\n"
+        f"  image {NEVER_IMAGE}  [deleted]\n"
+        f"    never ran, cell0 (1): {VM_CELL0_ONLY}\n"
+        f"  image {clouds.DELETED_IMAGE}  [deleted]\n"
+        f"    never ran, cell0 (1): {VM_CELL0_MIXED}\n"
+        "    delete these instances (openstack server delete): nothing to recover\n"
+    ) in table
+    assert "Summary: 0 flavor(s), 0 image(s), 0 instance(s) affected; 2 failed build(s)" in table
+    # cell0 named by an explicit --nova-db: nova-manage's <main>_cell0 database name.
+    args = ["--nova-api-db", str(modern.api_url), "--glance-db", modern.glance_url]
+    for name in ("cell0", "cell1", "cell2"):
+        args += ["--nova-db", modern.cell_urls[name]]
+    data = json.loads(run([*args, "inventory", "--format", "json"]).stdout)
+    assert (data["flavors"], data["images"]) == ([], [])
+    assert [f["id"] for f in data["never_ran"]["flavors"]] == [2, 3]
+    assert [i["id"] for i in data["never_ran"]["images"]] == [NEVER_IMAGE, clouds.DELETED_IMAGE]
+
+
+def test_pending_delete_file_in_any_datadir_counts(modern: Cloud, tmp_path: Path) -> None:
+    """Issue 10 item 16: with filesystem_store_datadirs the file of a pending_delete image may
+    be in a lower-priority directory than the one glance_store writes new images into."""
+    high = tmp_path / "high"
+    high.mkdir()
+    conf = tmp_path / "glance-api.conf"
+    conf.write_text(
+        f"[database]\nconnection = {modern.glance_url}\n[glance_store]\n"
+        f"filesystem_store_datadirs = {modern.store}:100\nfilesystem_store_datadirs = {high}:200\n"
+    )
+    assert modern.api_url is not None
+    result = run(["--nova-api-db", modern.api_url, "--glance-conf", str(conf),
+                  "inventory", "--format", "json"])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    images = {i["id"]: i for i in json.loads(result.stdout)["images"]}
+    assert images[clouds.PENDING_IMAGE]["store_file"] is True
+    assert images[clouds.DELETED_IMAGE]["store_file"] is False

@@ -278,10 +278,8 @@ def test_read_only_account_reads_and_previews_but_changes_nothing(
         assert "command denied to user 'recover_ro'" in result.stderr, result.stderr
         assert table in result.stderr
     assert {db: mariadb_server.checksum(db) for db in world.dbs} == before
-    # Only the per-image lock file is new in the store; the placed file was taken back.
-    assert sorted(p.name for p in world.store.iterdir()) == sorted(
-        [*store_before, f".recover-lock-{SNAPSHOT}"]
-    )
+    # Nothing is new in the store: the placed file was taken back, the lock file removed.
+    assert sorted(p.name for p in world.store.iterdir()) == store_before
     assert sorted(journals(world).values()) == ["committed", "rolled-back", "rolled-back"]
     # verify is read-only too: on the image an admin recovers.
     assert run_recover(world, world.base_args("--yes")).returncode == 0
@@ -367,8 +365,7 @@ def test_files_have_safe_modes_even_under_umask_000(world: World, mariadb_server
     assert f"/.recover-tmp-{SNAPSHOT}-" in modes[0]
     placed = (world.store / SNAPSHOT).stat()
     assert (placed.st_uid, placed.st_gid, placed.st_mode & 0o7777) == (4242, 4243, 0o640)
-    lock = (world.store / f".recover-lock-{SNAPSHOT}").stat()
-    assert lock.st_mode & 0o777 == 0o600
+    assert not (world.store / f".recover-lock-{SNAPSHOT}").exists()  # removed by its holder
     assert world.journal_dir.stat().st_mode & 0o777 == 0o700
     for journal in world.journal_dir.iterdir():
         assert journal.stat().st_mode & 0o777 == 0o600, journal

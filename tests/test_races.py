@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from recover.db.cloud import open_nova
 from recover.demo import SNAPSHOT
 from recover.errors import RefusedError
 from recover.flavors import FlavorFinder, legacy_plan, modern_plan
+from recover.images.store import image_lock
 from tests import clouds
 from tests.test_faults import assert_image_new, base_stat, journals, store_tmp_files
 from tests.test_flavor import API_TABLES, LEGACY_TABLES, SHADOW_TABLES, Legacy, Modern, rows
@@ -124,13 +126,50 @@ def test_eight_runs_on_one_image(
         )
         assert row == [("active", 0)]
     else:
-        assert names == sorted([SNAPSHOT, OTHER_IMAGE, f".recover-lock-{SNAPSHOT}"])
+        assert names == sorted([SNAPSHOT, OTHER_IMAGE])  # no lock file left by any of the 8
     assert (world.base.stat().st_size, world.base.stat().st_mtime_ns) == base_before
     verified = run_recover(
         world,
         ["--glance-db", world.glance_url, "--store-dir", str(world.store), "verify", SNAPSHOT],
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_image_lock_has_one_holder_and_leaves_no_file(tmp_path: Path) -> None:
+    """Eight takers of one image's lock, a thousand times each: never two holders at once, and
+    no lock file afterwards. Each holder removes the file before it lets go, which races with a
+    taker that opened it just before (it then locks an inode no longer in the store, while
+    another taker creates and locks a new file): the lock must see that and try again."""
+    store = tmp_path / "store"
+    store.mkdir()
+    guard = threading.Lock()
+    inside, most, wins, refusals = [0], [0], [0], [0]
+
+    def taker() -> None:
+        for _ in range(1000):
+            try:
+                with image_lock(store, SNAPSHOT):
+                    with guard:
+                        inside[0] += 1
+                        most[0], wins[0] = max(most[0], inside[0]), wins[0] + 1
+                    time.sleep(0.00001)
+                    with guard:
+                        inside[0] -= 1
+            except RefusedError as exc:
+                assert str(exc) == (
+                    f"another recover run is working on image {SNAPSHOT}; "
+                    "nothing was changed; wait for it to finish"
+                )
+                refusals[0] += 1
+
+    threads = [threading.Thread(target=taker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most[0] == 1
+    assert wins[0] + refusals[0] == 8000 and wins[0] > 0 and refusals[0] > 0
+    assert list(store.iterdir()) == []
 
 
 FLAVOR_LOSERS = (

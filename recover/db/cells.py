@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass
+from pathlib import PurePath
 from urllib.parse import quote
 
 from sqlalchemy import select
@@ -20,6 +21,10 @@ from recover.db.engine import Database, describe_db_error, parse_url
 from recover.errors import ConfigError, DatabaseError
 from recover.secrets import mask_url
 
+#: ``cell_mappings.uuid`` of cell0, where the conductor buries instances that were never
+#: scheduled (nova ``nova/objects/cell_mapping.py`` ``CellMapping.CELL0_UUID``).
+CELL0_UUID = "00000000-0000-0000-0000-000000000000"
+
 
 @dataclass(frozen=True)
 class CellTarget:
@@ -28,6 +33,8 @@ class CellTarget:
     name: str
     url: str
     source: str
+    #: cell0 holds only failed builds: instances that no compute node ever ran.
+    cell0: bool = False
 
 
 def _format_template(template: str, base: URL) -> str:
@@ -73,6 +80,21 @@ def _name_from_url(url: str, position: int) -> str:
     return name.rsplit("/", 1)[-1] if name else f"#{position}"
 
 
+def _is_cell0_url(url: str) -> bool:
+    """An explicit ``--nova-db`` names cell0 when its database is ``<main>_cell0``.
+
+    That is the name ``nova-manage cell_v2 map_cell0`` gives it unless told otherwise
+    (nova ``nova/cmd/manage.py`` ``CellV2Commands._map_cell0``: ``url.database + '_cell0'``),
+    and the one every deployment tool we know of uses.
+    """
+    try:
+        parsed = parse_url(url, "nova")
+    except DatabaseError:
+        return False
+    # The stem: a SQLite file may be called nova_cell0.sqlite.
+    return bool(parsed.database) and PurePath(str(parsed.database)).stem.endswith("_cell0")
+
+
 def cell_targets(settings: Settings, api: Database | None) -> list[CellTarget]:
     """The cells to scan, in a stable order."""
     explicit = settings.cell_urls()
@@ -84,7 +106,9 @@ def cell_targets(settings: Settings, api: Database | None) -> list[CellTarget]:
             seen[name] = seen.get(name, 0) + 1
             if seen[name] > 1:
                 name = f"{name}#{seen[name]}"
-            targets.append(CellTarget(name, value.value, value.source))
+            targets.append(
+                CellTarget(name, value.value, value.source, cell0=_is_cell0_url(value.value))
+            )
         return targets
     if api is None:
         raise ConfigError(
@@ -114,6 +138,7 @@ def cell_targets(settings: Settings, api: Database | None) -> list[CellTarget]:
             name=row.name or row.uuid,
             url=_format_template(row.database_connection or "", api.url),
             source=f"cell_mappings {row.uuid}",
+            cell0=row.uuid == CELL0_UUID,
         )
         for row in rows
     ]

@@ -40,7 +40,7 @@ def open_nova(settings: Settings, *, allow_unreachable_cells: bool = False) -> N
     for target in cell_targets(settings, api.db if api else None):
         try:
             db = open_database(target.url, f"nova cell {target.name!r}")
-            cells.append(CellReader(target.name, db, NovaCellSchema.detect(db)))
+            cells.append(CellReader(target.name, db, NovaCellSchema.detect(db), cell0=target.cell0))
         except DatabaseError as exc:
             if not allow_unreachable_cells:
                 raise

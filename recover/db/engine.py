@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,10 @@ from recover.errors import DatabaseError
 from recover.secrets import mask_url, remember_url_password, scrub
 
 CONNECT_TIMEOUT_S = 10
+#: The one MySQL driver recover ships (a pure-Python one: nothing to compile on a controller).
+MYSQL_DRIVER = "pymysql"
+
+log = logging.getLogger(__name__)
 
 
 def describe_db_error(exc: BaseException) -> str:
@@ -89,10 +94,36 @@ def parse_url(text: str, role: str) -> URL:
         ) from None
 
 
+def as_configs_mean_it(url: URL, role: str) -> URL:
+    """The URL as nova.conf/glance-api.conf write it, made one that recover can open.
+
+    Old configs say ``mysql://`` (SQLAlchemy's default MySQL driver, MySQLdb, a C
+    extension recover does not ship); the server speaks the same protocol to PyMySQL.
+    devstack appends ``plugin=dbcounter`` (a SQLAlchemy CreateEnginePlugin of its own,
+    devstack ``lib/databases/mysql`` ``database_connection_url_mysql``) that is not
+    installed here and counts nothing recover needs. Each change is said once on stderr.
+    """
+    if url.get_backend_name() == "mysql" and url.get_driver_name() != MYSQL_DRIVER:
+        log.warning(
+            "%s database: %s names the %s driver; using PyMySQL (mysql+%s://) instead",
+            role, f"{url.drivername}://", url.get_driver_name(), MYSQL_DRIVER,
+        )  # fmt: skip
+        url = url.set(drivername=f"mysql+{MYSQL_DRIVER}")
+    if "plugin" in url.query:
+        plugins = url.query["plugin"]
+        names = ", ".join([plugins] if isinstance(plugins, str) else plugins)
+        log.warning(
+            "%s database: ignoring the SQLAlchemy plugin parameter (plugin=%s) of the URL",
+            role, names,
+        )  # fmt: skip
+        url = url.difference_update_query(["plugin"])
+    return url
+
+
 def open_database(text: str, role: str) -> Database:
     """Connect to a database and prove the connection works, or raise DatabaseError."""
     remember_url_password(text)
-    url = parse_url(text, role)
+    url = as_configs_mean_it(parse_url(text, role), role)
     connect_args: dict[str, object] = {}
     if url.get_backend_name() == "sqlite":
         path = url.database

@@ -112,6 +112,22 @@ def translated(what: str) -> Iterator[None]:
         raise
 
 
+def preflight(glance: Any, why: str) -> None:
+    """Before anything is written: does the Glance API answer, with these credentials?
+
+    ``GET /v2/images?limit=1`` needs a valid token (``/versions`` does not) and is
+    answered only by a Glance v2 API, so a wrong endpoint, an expired token or a
+    broken Glance refuses the run here, with nothing changed, instead of after COMMIT.
+    """
+    try:
+        with translated("the Glance API check before any change"):
+            for _ in glance.images.list(limit=1):
+                break
+    except GlanceApiError as error:
+        hint = f"{error.hint}; " if error.hint else ""
+        raise GlanceApiError(error.message, hint=f"{hint}nothing was changed; {why}") from None
+
+
 @dataclass
 class ApiCheck:
     name: str
@@ -119,13 +135,19 @@ class ApiCheck:
     detail: str
 
 
-def verify(glance: Any, image_id: str, expected: Digests | None = None) -> list[ApiCheck]:
-    """Show the image and download it whole through glanceclient, as Nova does."""
+def verify(
+    glance: Any, image_id: str, expected: Digests | None = None, status: str = "active"
+) -> list[ApiCheck]:
+    """Show the image and download it whole through glanceclient, as Nova does.
+
+    ``status``: what the image should say; ``deactivated`` images download for admins only
+    (glance 33 ``glance/api/v2/image_data.py``), which this account must be anyway.
+    """
     checks: list[ApiCheck] = []
     with translated(f"show image {image_id}"):
         image = glance.images.get(image_id)
-    status = image.get("status")
-    checks.append(ApiCheck("api status", status == "active", f"status={status}"))
+    found = image.get("status")
+    checks.append(ApiCheck("api status", found == status, f"status={found}"))
     if expected is not None:
         for name, want in (
             ("checksum", expected.md5),
@@ -164,6 +186,12 @@ def _why(error: Exception) -> str:
     if isinstance(error, OSError):
         return error.strerror or str(error)  # "Corrupt image download. Hash was ... expected ..."
     raise error
+
+
+def deactivate(glance: Any, image_id: str) -> None:
+    """Deactivate an image again after an upload made it active."""
+    with translated(f"deactivate image {image_id}"):
+        glance.images.deactivate(image_id)
 
 
 def upload(glance: Any, image_id: str, data: BinaryIO, size: int) -> None:

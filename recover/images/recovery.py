@@ -13,6 +13,7 @@ import os
 import posixpath
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,12 +28,13 @@ from recover.errors import ConfigError, NotFoundError, RecoverError, RefusedErro
 from recover.glance import GlanceReader
 from recover.images import api, qemu
 from recover.images.digest import DEFAULT_ALGO, Digests, Progress, copy_hashing, hash_file
-from recover.images.rows import NewData, image_plan
+from recover.images.rows import NewData, PendingData, image_plan, restored_status
 from recover.images.store import Staged, image_lock, remove_stale, store_ownership
 from recover.images.transport import LocalTransport, SshTransport, Transport
 from recover.inventory import base_file_name
 from recover.plan import Plan, RowChange, apply
-from recover.write import Confirm, Outcome, execute
+from recover.text import printable
+from recover.write import Confirm, Outcome, committed_failure, execute
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 #: Glance disk_format -> the qemu-img format that writes it (qemu calls VHD "vpc").
@@ -47,7 +49,14 @@ WRITABLE = {
 RECOVERABLE_STATUSES = ("deleted", "pending_delete", "killed")
 #: nova's fetch_to_raw writes these names while downloading/converting (nova/virt/images.py).
 IN_PROGRESS_SUFFIXES = (".part", ".converted")
-GIB = 1024**3
+#: Uploads qemu-img reads as raw, which nova keeps byte for byte as ``_base``: fetch_to_raw
+#: converts only what qemu-img does not call raw (nova/virt/images.py fetch_to_raw), and
+#: treats iso and the AMI formats as raw (do_image_deep_inspection, nova 2024.1+).
+RAW_UPLOADS = ("raw", "iso", "ami", "ari", "aki")
+NEW_BYTES_HINT = (
+    "use a complete copy of the _base file; --accept-new-bytes stores these bytes anyway, "
+    "reported as NEW data"
+)
 
 
 @dataclass
@@ -60,6 +69,9 @@ class ImageRequest:
     disk_format: str | None = None
     #: Set the row to queued and upload through the Glance API (any store backend).
     via_api: bool = False
+    #: Store bytes that are not the original upload's (a refusal of the size rules becomes
+    #: a loud warning in the report).
+    accept_new_bytes: bool = False
 
 
 def validate_uuid(text: str) -> str:
@@ -95,6 +107,14 @@ class ImageRecovery:
         self.image_id = validate_uuid(request.image_id)
         self.store = Path(settings.store_dir.value)
         self.final = self.store / self.image_id
+        # With filesystem_store_datadirs the file of a pending_delete image may be in any of
+        # the store's directories (glance_store writes each image into the best one of its
+        # time): un-delete it where it is.
+        for directory in settings.image_dirs()[1:]:
+            if (Path(directory) / self.image_id).is_file() and not self.final.exists():
+                self.store = Path(directory)
+                self.final = self.store / self.image_id
+                break
         self.glance: GlanceReader = open_glance(settings)
         self.row = self._row()
         self.target_format = self._target_format()
@@ -102,6 +122,8 @@ class ImageRecovery:
         self.created_file = False
         #: Hashes of the bytes this run produced (for the API verification afterwards).
         self.new_digests: Digests | None = None
+        #: Refusals --accept-new-bytes turned into warnings.
+        self.overridden: list[str] = []
 
     def close(self) -> None:
         self.glance.db.dispose()
@@ -123,7 +145,9 @@ class ImageRecovery:
         row = dict(found)
         if row["status"] == "active" and not row["deleted"]:
             raise RefusedError(f"image {self.image_id} is active: nothing to recover")
-        if row["status"] not in RECOVERABLE_STATUSES:
+        # deleted=1 is what makes Glance hide a row (glance 33 _image_get filters on it),
+        # whatever status it kept: hand edits and old releases leave active/deactivated ones.
+        if row["status"] not in RECOVERABLE_STATUSES and not row["deleted"]:
             raise RefusedError(
                 f"image {self.image_id} is {row['status']!r}, "
                 "not deleted, pending_delete or killed",
@@ -165,18 +189,101 @@ class ImageRecovery:
             )
         if info.corrupt:
             raise RefusedError(f"qemu-img reports {where} as corrupt")
-        needed = max((self.row.get("min_disk") or 0) * GIB, self.row.get("virtual_size") or 0)
-        if info.virtual_size < needed:
-            raise RefusedError(
-                f"{where} is {info.virtual_size} bytes, smaller than the image needs ({needed}); "
-                "it is not this image's data"
+        # min_disk is no size of the image: it is the root disk a flavor needs to boot it (GiB,
+        # images are routinely smaller). The image's own size is the rule: converting between
+        # formats keeps the virtual size exactly, so any other size is another disk.
+        expected = self._expected_virtual_size()
+        if expected is not None and info.virtual_size != expected[0]:
+            size, basis = expected
+            what = (
+                "a partial copy (an scp or a download still running?)"
+                if info.virtual_size < size
+                else "a different or resized disk"
+            )
+            self._refuse_or_accept(
+                f"{where} has a virtual size of {info.virtual_size} bytes, but image "
+                f"{self.image_id} had {size} ({basis}): {what}, not this image's data"
             )
         return info
 
+    def _expected_virtual_size(self) -> tuple[int, str] | None:
+        """The virtual size the image had, and where that comes from; None when unknown."""
+        row = self.row
+        if row.get("virtual_size"):
+            return int(row["virtual_size"]), "its row's virtual_size"
+        if row.get("disk_format") in RAW_UPLOADS and row.get("size"):
+            return int(row["size"]), f"the size of its {row['disk_format']} upload"
+        return None
+
+    def _identical_upload(self, disk_format: str) -> bool:
+        """True when the new file must be the upload itself: a raw upload stored as raw."""
+        return self.row.get("disk_format") in RAW_UPLOADS and disk_format == "raw"
+
+    def _check_new_bytes(self, new_data: NewData, where: str) -> None:
+        """A raw upload's ``_base`` is the upload, byte for byte: so must the new file be."""
+        if not self._identical_upload(new_data.disk_format):
+            return  # e.g. qcow2 from a raw _base: other bytes, by nature; the size rule applies
+        row, found = self.row, new_data.digests
+        wrong = []
+        if row.get("size") is not None and row["size"] != found.size:
+            wrong.append(f"size {found.size} bytes where the row says {row['size']}")
+        if row.get("checksum") and row["checksum"] != found.md5:
+            wrong.append(f"md5 {found.md5} where the row says {row['checksum']}")
+        elif (
+            row.get("os_hash_value")
+            and row.get("os_hash_algo") == found.algo
+            and row["os_hash_value"] != found.value
+        ):
+            wrong.append(f"another {found.algo} than the row's")
+        if wrong:
+            self._refuse_or_accept(
+                f"the bytes from {where} are not image {self.image_id}'s {row['disk_format']} "
+                f"upload ({'; '.join(wrong)}): nova keeps a raw upload byte for byte in _base, "
+                "so this copy is partial or damaged"
+            )
+
+    def _refuse_or_accept(self, message: str) -> None:
+        if not self.request.accept_new_bytes:
+            raise RefusedError(message, hint=NEW_BYTES_HINT)
+        self.overridden.append(message)
+
+    def bytes_report(self, new_data: NewData) -> dict[str, Any]:
+        """Whether the new file is the original upload, with both sets of values (the report)."""
+        row, found = self.row, new_data.digests
+        return {
+            "identical": row["checksum"] == found.md5 if row.get("checksum") else None,
+            "new_bytes_accepted": bool(self.overridden),
+            "overridden": list(self.overridden),
+            "original": {
+                "checksum": row.get("checksum"),
+                "size": row.get("size"),
+                "virtual_size": row.get("virtual_size"),
+            },
+            "new": {
+                "checksum": found.md5,
+                "size": found.size,
+                "virtual_size": new_data.virtual_size,
+            },
+        }
+
     # --- sources -------------------------------------------------------------------------
 
-    def _hosts(self) -> list[str]:
-        """Compute hosts of live instances booted from this image (the inventory's list)."""
+    def _base_names(self, spellings: Iterable[str] = ()) -> list[str]:
+        """The names ``_base/<sha1>`` may have, most likely first.
+
+        Nova names the file after ``instance.image_ref`` as the client spelled it (nova 34
+        ``nova/virt/libvirt/driver.py`` ``_create_and_inject_local_root``:
+        ``get_cache_fname(disk_images['image_id'])``), so an instance booted with an
+        upper-case id has ``sha1(<UPPER>)``: Glance's id, the id as typed, the spellings the
+        instances use, then upper case.
+        """
+        typed = self.request.image_id.strip()
+        names = [self.image_id, typed, *sorted(spellings), self.image_id.upper()]
+        return list(dict.fromkeys(base_file_name(n) for n in names))
+
+    def _hosts(self) -> dict[str, set[str]]:
+        """Compute hosts of live instances booted from this image (the inventory's list),
+        each with the spellings of the id in those instances' ``image_ref``."""
         try:
             nova = open_nova(self.settings, allow_unreachable_cells=True)
         except ConfigError as exc:
@@ -185,15 +292,17 @@ class ImageRecovery:
                 hint=f"name the host (--from-host HOST), or configure Nova ({exc.message})",
             ) from None
         try:
-            hosts: set[str] = set()
+            hosts: dict[str, set[str]] = {}
             for cell in nova.cells:
+                if cell.cell0:  # failed builds: never on a compute node
+                    continue
                 with cell.connect() as conn:
-                    hosts |= {
-                        r.host for r in cell.instances_using(conn, [], [self.image_id]) if r.host
-                    }
+                    for ref in cell.instances_using(conn, [], [self.image_id]):
+                        if ref.host and ref.image_id == self.image_id:
+                            hosts.setdefault(ref.host, set()).add(str(ref.image_ref))
         finally:
             nova.dispose()
-        return sorted(hosts)
+        return dict(sorted(hosts.items()))
 
     def _source(self) -> tuple[Transport, str, qemu.ImageInfo | None]:
         request = self.request
@@ -203,9 +312,10 @@ class ImageRecovery:
             if transport.stat_size(path) is None:
                 raise NotFoundError(f"--base-file {path} does not exist or is not a regular file")
             return transport, path, self._check_source(transport, path)
-        base = posixpath.join(request.instances_path, "_base", base_file_name(self.image_id))
+        base_dir = posixpath.join(request.instances_path, "_base")
+        hosts: dict[str, set[str]]
         if request.from_host:
-            hosts = [request.from_host]
+            hosts = {request.from_host: set()}
         elif request.from_host == "":
             hosts = self._hosts()
             if not hosts:
@@ -220,12 +330,14 @@ class ImageRecovery:
                 "or --base-file PATH",
             )
         misses = []
-        for host in hosts:
+        for host, spellings in hosts.items():
+            paths = [posixpath.join(base_dir, name) for name in self._base_names(spellings)]
             try:
                 transport = SshTransport(host)
-                if transport.stat_size(base) is not None:
-                    return transport, base, self._check_source(transport, base)
-                misses.append(f"{host}: no {base}")
+                for base in paths:
+                    if transport.stat_size(base) is not None:
+                        return transport, base, self._check_source(transport, base)
+                misses.append(f"{host}: no {' nor '.join(paths)}")
             except RefusedError:
                 raise
             except RecoverError as exc:
@@ -313,7 +425,9 @@ class ImageRecovery:
 
     # --- the whole run -------------------------------------------------------------------
 
-    def plan(self, new_data: NewData | None, action: str, queued: bool = False) -> Plan:
+    def plan(
+        self, new_data: NewData | PendingData | None, action: str, queued: bool = False
+    ) -> Plan:
         plan = image_plan(
             self.glance,
             self.row,
@@ -323,7 +437,29 @@ class ImageRecovery:
             now=datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0),
             action=action,
             queued_for_upload=queued,
+            store_dirs=self.settings.image_dirs(),
         )
+        row = self.row
+        if isinstance(new_data, PendingData) and self._identical_upload(new_data.disk_format):
+            plan.notes.append(
+                f"a {row['disk_format']} upload is kept byte for byte in _base: the run refuses "
+                f"a file whose size is not {row.get('size')} or whose md5 is not "
+                f"{row.get('checksum')}"
+            )
+        if isinstance(new_data, NewData) and row.get("checksum"):
+            if row["checksum"] == new_data.digests.md5:
+                plan.notes.append(
+                    "the new file is the original upload, byte for byte (md5 = the row's checksum)"
+                )
+            else:
+                plan.notes.append(
+                    f"the new file's bytes are NEW, not the original upload's: md5 "
+                    f"{new_data.digests.md5} (was {row['checksum']}), size "
+                    f"{new_data.digests.size} (was {row.get('size')})"
+                )
+        plan.notes += [
+            f"WARNING: NEW BYTES accepted (--accept-new-bytes): {m}" for m in self.overridden
+        ]
         return plan
 
     def run(
@@ -335,6 +471,7 @@ class ImageRecovery:
         confirm: Confirm | None,
         journal_dir: Path | None = None,
     ) -> Outcome:
+        self._refuse_other_store_kind()
         if not self.store.is_dir():
             raise ConfigError(
                 f"store directory {self.store} does not exist", hint="pass --store-dir"
@@ -355,7 +492,7 @@ class ImageRecovery:
         transport, path, info = self._source()
         if dry_run:
             plan = self.plan(
-                None,
+                PendingData(self.target_format, self.algo),
                 f"rebuild from {path} on {transport.label} ({_fmt(info)} -> "
                 f"{self.target_format}); hashes and sizes are computed from the new file",
             )
@@ -368,6 +505,7 @@ class ImageRecovery:
             staged = Staged(self.store, self.image_id)
             try:
                 new_data = self._produce(staged, transport, path, info)
+                self._check_new_bytes(new_data, f"{path} on {transport.label}")
                 self.new_digests = new_data.digests
                 staged.finish(owner)
                 faults.point("staged")
@@ -390,7 +528,7 @@ class ImageRecovery:
                         "created": existing is None,
                     }
                 ]
-                return execute(
+                outcome = execute(
                     plan,
                     dry_run=False,
                     yes=yes,
@@ -400,8 +538,23 @@ class ImageRecovery:
                     on_failure=self._unplace,
                     journal_dir=journal_dir,
                 )
+                outcome.extra["bytes"] = self.bytes_report(new_data)
+                return outcome
             finally:
                 staged.discard()
+
+    def _refuse_other_store_kind(self) -> None:
+        """Glance's default store is not a filesystem (RBD, Swift, ...) and no filesystem
+        directory was named: only Glance itself can write that store."""
+        kind = self.settings.glance_store_kind
+        if kind in (None, "file") or self.settings.store_dir.source != "default":
+            return
+        raise ConfigError(
+            f"Glance's default store is of type {printable(kind)!r}, not a filesystem store: "
+            "recover writes only filesystem stores itself",
+            hint="pass --via-api (with --glance-endpoint and --os-token, or OS_AUTH_URL) so that "
+            "Glance uploads the image into its own store",
+        )
 
     def run_via_api(
         self,
@@ -423,7 +576,7 @@ class ImageRecovery:
         transport, path, info = self._source()
         label = f"upload through the Glance API from {path} on {transport.label}"
         if dry_run:
-            plan = self.plan(None, label, queued=True)
+            plan = self.plan(PendingData(self.target_format, self.algo), label, queued=True)
             return execute(plan, dry_run=True, yes=yes, command=command, confirm=confirm)
         work = (
             journal.journal_dir().parent / "tmp"
@@ -435,20 +588,43 @@ class ImageRecovery:
         staged = Staged(work, self.image_id)
         try:
             new_data = self._produce(staged, transport, path, info)
+            self._check_new_bytes(new_data, f"{path} on {transport.label}")
             staged.close()
             plan = self.plan(new_data, label, queued=True)
             outcome = execute(plan, dry_run=False, yes=yes, command=command, confirm=confirm,
                               journal_dir=journal_dir)  # fmt: skip
             assert outcome.journal is not None
+            subject = f"image {self.image_id} set to queued for the upload"
             try:
                 with open(staged.path, "rb") as data:
                     api.upload(glance_api, self.image_id, data, new_data.digests.size)
-            except BaseException:
-                self._undo_queue(plan, outcome.journal, command, store_file_before)
+                if restored_status(self.row) == "deactivated":
+                    # An upload makes it active; the admin's deactivation stands (rows.py).
+                    api.deactivate(glance_api, self.image_id)
+            except BaseException as failed:
+                try:
+                    self._undo_queue(plan, outcome.journal, command, store_file_before)
+                except Exception as exc:
+                    raise committed_failure(
+                        outcome.journal,
+                        f"the upload ({failed}) and then putting the rows back",
+                        exc,
+                        subject,
+                    ) from exc
                 raise
             self.new_digests = new_data.digests
-            self._record_upload(plan, outcome.journal, command, store_file_before)
+            try:
+                self._record_upload(plan, outcome.journal, command, store_file_before)
+            except Exception as exc:
+                raise committed_failure(
+                    outcome.journal,
+                    "recording what Glance wrote in the journal (undo will leave Glance's new "
+                    "location row and file)",
+                    exc,
+                    f"the recovery of image {self.image_id}",
+                ) from exc
             outcome.extra["uploaded"] = {"md5": new_data.digests.md5, "size": new_data.digests.size}
+            outcome.extra["bytes"] = self.bytes_report(new_data)
             return outcome
         finally:
             staged.discard()
@@ -547,6 +723,13 @@ def recover_image(
     glance_api = api.client(settings) if api_on and (want_verify or request.via_api) else None
     recovery = ImageRecovery(settings, request)
     try:
+        if glance_api is not None:
+            api.preflight(
+                glance_api,
+                "--via-api needs the Glance API: check --glance-endpoint and the token (or OS_*)"
+                if request.via_api
+                else "check --glance-endpoint and the token (or OS_*), or pass --no-verify",
+            )
         if request.via_api:
             outcome = recovery.run_via_api(
                 glance_api, dry_run=dry_run, yes=yes, command=command, confirm=confirm
@@ -556,15 +739,26 @@ def recover_image(
     finally:
         recovery.close()
     if outcome.status == "applied" and want_verify:
-        checks = api.verify(glance_api, recovery.image_id, recovery.new_digests)
+        assert outcome.journal is not None
+        subject = f"the recovery of image {recovery.image_id}"
+        try:
+            checks = api.verify(
+                glance_api, recovery.image_id, recovery.new_digests, restored_status(recovery.row)
+            )
+        except Exception as exc:
+            # Any failure after COMMIT says so first (a bare API error once hid the commit).
+            raise committed_failure(
+                outcome.journal, "verifying it through the Glance API", exc, subject
+            ) from exc
         outcome.extra["verify"] = [
             {"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks
         ]
         failed = [f"{c.name} ({c.detail})" for c in checks if not c.ok]
         if failed:
-            raise RecoverError(
-                f"image {recovery.image_id} was recovered and COMMITTED, but Glance verification "
-                f"FAILED: {'; '.join(failed)}",
-                hint=f"inspect it; `recover undo {outcome.journal}` reverses the recovery",
+            raise committed_failure(
+                outcome.journal,
+                "the Glance verification",
+                RecoverError("; ".join(failed)),
+                subject,
             )
     return outcome

@@ -10,15 +10,19 @@ download (``os_hash_value`` first, else ``checksum``; ``size`` sets the length).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from sqlalchemy import func, select
 
 from recover.glance import GlanceReader
 from recover.images.digest import Digests
-from recover.plan import Plan, Row, RowChange
+from recover.plan import Pending, Plan, Row, RowChange
+from recover.text import printable
 
 #: image_update(purge_props=True) deletes properties in an earlier transaction than
 #: image_destroy, so their deleted_at is a little before the image's.
@@ -35,6 +39,30 @@ class NewData:
     disk_format: str
 
 
+def restored_status(image: Mapping[Any, Any]) -> str:
+    """``active``, or ``deactivated`` for a row an admin had deactivated before it was deleted.
+
+    Deactivation is an admin's decision to block downloads (glance 33
+    ``glance/api/v2/image_data.py`` refuses non-admins); bringing the image back must not
+    quietly undo it. ``openstack image set --activate`` (POST .../actions/reactivate) does,
+    when the admin wants it.
+    """
+    return "deactivated" if image["status"] == "deactivated" else "active"
+
+
+@dataclass(frozen=True)
+class PendingData:
+    """The bytes a rebuild will make, seen from a dry-run: their format and hash algorithm are
+    known, their hashes and sizes are not (the file does not exist yet)."""
+
+    disk_format: str
+    algo: str
+
+
+#: The columns only the new file can fill; a dry-run shows them as placeholders.
+PENDING_COLUMNS = ("checksum", "size", "virtual_size", "os_hash_value")
+
+
 def _within(value: datetime | None, anchor: datetime | None, before: timedelta) -> bool:
     if value is None or anchor is None:
         return False
@@ -46,11 +74,12 @@ def image_plan(
     image: Row,
     *,
     location_uri: str,
-    new_data: NewData | None,
+    new_data: NewData | PendingData | None,
     store_id: str | None,
     now: datetime,
     action: str,
     queued_for_upload: bool = False,
+    store_dirs: tuple[str, ...] = (),
 ) -> Plan:
     """The rows back to live. ``queued_for_upload``: status ``queued`` with the integrity
     columns NULL, so Glance accepts an API upload of new bytes (real-glance.md §5, Q1/Q3),
@@ -58,13 +87,20 @@ def image_plan(
     db = glance.db
     images = db.table("images")
     columns = set(images.c.keys())
-    status = "queued" if queued_for_upload else "active"
+    status = "queued" if queued_for_upload else restored_status(image)
     after = {**image, "status": status, "deleted": 0, "deleted_at": None, "updated_at": now}
     if queued_for_upload:
         integrity = ("checksum", "size", "virtual_size", "os_hash_algo", "os_hash_value")
         after.update({c: None for c in integrity if c in columns})
         if new_data is not None:
             after["disk_format"] = new_data.disk_format
+    elif isinstance(new_data, PendingData):
+        # Not the old values: replayed by hand, they would make the image active with stale
+        # integrity columns (glanceclient then refuses every download) and no file.
+        after.update({c: Pending(f"new_{c}") for c in PENDING_COLUMNS if c in columns})
+        after["disk_format"] = new_data.disk_format
+        if "os_hash_algo" in columns:
+            after["os_hash_algo"] = new_data.algo
     elif new_data is not None:
         after["checksum"] = new_data.digests.md5
         after["size"] = new_data.digests.size
@@ -77,9 +113,13 @@ def image_plan(
     changes = [RowChange("images", {"id": image["id"]}, before=image, after=after)]
     anchor = image["deleted_at"]
     counts: dict[str, int] = {}
+    location_notes: list[str] = []
     with db.engine.connect() as conn:
         if not queued_for_upload:
-            changes.append(_location(conn, glance, image, location_uri, store_id, now))
+            location, location_notes = _location(
+                conn, glance, image, location_uri, store_id, store_dirs, now
+            )
+            changes.append(location)
         for table_name, window in (
             ("image_properties", PROPERTY_WINDOW),
             ("image_tags", SAME_TIME),
@@ -108,8 +148,21 @@ def image_plan(
         f"{action}; image row back to {status}",
         "restore the properties, tags and members deleted with it: "
         + ", ".join(f"{n} {t.removeprefix('image_')}" for t, n in counts.items()),
+        *location_notes,
     ]
-    if new_data is not None and not queued_for_upload:
+    if restored_status(image) == "deactivated":
+        notes.append(
+            "it was deactivated before it was deleted and stays deactivated (downloads for "
+            "admins only); `openstack image set --activate` lifts that"
+        )
+    if isinstance(new_data, PendingData) and not queued_for_upload:
+        shown = ", ".join(Pending(f"new_{c}").sql for c in PENDING_COLUMNS if c in columns)
+        notes.append(
+            f"{shown} are computed from the new file, which a dry-run does not make: "
+            "placeholders, not values, so this SQL replayed by hand fails at them and ends in "
+            "ROLLBACK: it changes nothing; apply with the same command and --yes"
+        )
+    elif isinstance(new_data, NewData) and not queued_for_upload:
         notes.append(
             f"new data: {new_data.disk_format}, {new_data.digests.size} bytes, md5 "
             f"{new_data.digests.md5}, {new_data.digests.algo} {new_data.digests.value[:16]}..."
@@ -125,17 +178,40 @@ def image_plan(
 
 
 def _location(
-    conn: Any, glance: GlanceReader, image: Row, uri: str, store_id: str | None, now: datetime
-) -> RowChange:
-    """The newest location row back to active at ``uri``, or a new one."""
+    conn: Any,
+    glance: GlanceReader,
+    image: Row,
+    uri: str,
+    store_id: str | None,
+    store_dirs: tuple[str, ...],
+    now: datetime,
+) -> tuple[RowChange, list[str]]:
+    """The newest location row of the store the file is placed in, back to active at
+    ``uri`` with that store's id; a new row when the image had none in that store.
+
+    Rows of other stores (an ``http`` or ``rbd`` location next to a ``file`` one) stay
+    exactly as Glance left them: rewriting one to a ``file://`` URL while its
+    ``meta_data`` still names its own store makes Glance hand the URL to that store's
+    driver, and the download fails (glance 33 ``glance/location.py``; glance_store
+    ``multi_backend.get_from_backend`` picks the driver by ``meta_data["store"]``).
+    """
     t = glance.db.table("image_locations")
-    newest = (
-        conn.execute(select(t).where(t.c.image_id == image["id"]).order_by(t.c.id.desc()).limit(1))
-        .mappings()
-        .first()
-    )
+    rows = [
+        dict(r)
+        for r in conn.execute(
+            select(t).where(t.c.image_id == image["id"]).order_by(t.c.id.desc())
+        ).mappings()
+    ]
+    ours = [r for r in rows if _in_store(r, store_id, store_dirs)]
+    others = [r for r in rows if not _in_store(r, store_id, store_dirs)]
+    notes = []
+    if others:
+        described = ", ".join(
+            f"{r['id']} ({_store_label(r)})" for r in sorted(others, key=lambda r: r["id"])
+        )
+        notes.append(f"location rows of other stores left as Glance left them: {described}")
     meta = json.dumps({"store": store_id}) if store_id else "{}"
-    if newest is None:
+    if not ours:
         next_id = int(conn.execute(select(func.coalesce(func.max(t.c.id), 0))).scalar_one()) + 1
         row = {
             "id": next_id,
@@ -148,8 +224,11 @@ def _location(
             "meta_data": meta,
             "status": "active",
         }
-        return RowChange("image_locations", {"id": next_id}, before=None, after=row)
-    before = dict(newest)
+        where = f" of store {store_id!r}" if store_id else " in the filesystem store"
+        if rows:
+            notes.append(f"the image had no location{where}: a new location row {next_id}")
+        return RowChange("image_locations", {"id": next_id}, before=None, after=row), notes
+    before = ours[0]
     after = {
         **before,
         "value": uri,
@@ -158,9 +237,46 @@ def _location(
         "deleted_at": None,
         "updated_at": now,
     }
-    if store_id and "store" not in _meta(before.get("meta_data")):
+    if store_id:
         after["meta_data"] = json.dumps({**_meta(before.get("meta_data")), "store": store_id})
-    return RowChange("image_locations", {"id": before["id"]}, before=before, after=after)
+    if before["value"] != uri:
+        notes.append(
+            f"location {before['id']} was {printable(before['value'])}; the file is now placed at "
+            f"{printable(uri)}"
+        )
+    return RowChange("image_locations", {"id": before["id"]}, before=before, after=after), notes
+
+
+def _file_path(value: str | None) -> PurePosixPath | None:
+    parsed = urlparse(value or "")
+    if parsed.scheme not in ("file", "filesystem"):
+        return None
+    return PurePosixPath(unquote(parsed.path))
+
+
+def _in_store(row: Row, store_id: str | None, store_dirs: tuple[str, ...]) -> bool:
+    """Is this location row one of the store the file goes to?
+
+    Multi-store: its ``meta_data["store"]``; a row without one (written before
+    ``enabled_backends``) by its URL, as Glance back-fills it (glance 33
+    ``glance/common/store_utils.py`` ``update_store_in_locations``). Single store:
+    any ``file://`` row, the only filesystem store there is.
+    """
+    path = _file_path(row.get("value"))
+    if store_id is None:
+        return path is not None
+    stored = _meta(row.get("meta_data")).get("store")
+    if stored is not None:
+        return bool(stored == store_id)
+    return path is not None and any(str(path.parent) == str(PurePosixPath(d)) for d in store_dirs)
+
+
+def _store_label(row: Row) -> str:
+    stored = _meta(row.get("meta_data")).get("store")
+    if stored is not None:
+        return f"store {printable(str(stored))}"
+    scheme = urlparse(row.get("value") or "").scheme
+    return f"{printable(scheme) or 'unknown'} location"
 
 
 def _meta(text: str | None) -> dict[str, Any]:

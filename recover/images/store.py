@@ -4,8 +4,9 @@ A temporary name in the store directory (so the rename stays on one
 filesystem), fsync, the owner/group/mode the store's files have, then
 ``link()`` to the final ``<image id>`` name, which fails instead of replacing a
 file that appeared meanwhile (glance_store ``Store.add`` refuses to overwrite
-too: ``Duplicate``). A per-image lock file serialises runs on one image; a
-killed run leaves only ``.recover-tmp-<id>-*`` files, which the next run removes.
+too: ``Duplicate``). A per-image lock file serialises runs on one image and is removed
+by its holder, so a finished run leaves nothing but the image file; a killed run leaves
+only ``.recover-tmp-<id>-*`` files and its lock file, which the next run on the image removes.
 """
 
 from __future__ import annotations
@@ -64,25 +65,82 @@ def store_ownership(store: Path) -> Ownership:
     return Ownership(st.st_uid, st.st_gid, DEFAULT_MODE)
 
 
+#: Attempts to take a lock that other runs keep releasing (and removing) under our feet.
+LOCK_ATTEMPTS = 100
+
+
 @contextmanager
 def image_lock(store: Path, image_id: str) -> Iterator[None]:
-    """Hold the store's lock for one image; a second run on the same image refuses at once."""
+    """Hold the store's lock for one image; a second run on the same image refuses at once.
+
+    Why a file in the store, and why its holder removes it:
+
+    * The store is what every run that could write ``<store>/<id>`` shares: two operators on
+      one controller (each with their own ``$RECOVER_STATE_DIR``), or on two controllers that
+      mount the same NFS store. A lock under the state directory would exclude neither.
+    * ``flock`` on the store directory itself would serialise every recovery in the store (one
+      conversion of hours blocks all others), and the Linux NFS client emulates ``flock`` with
+      a POSIX write lock, which a directory (opened read-only) cannot take (EBADF).
+    * So one file per image, removed *before* its ``flock`` is released (PRODUCT.md, safety
+      model: a finished run leaves only the image and its journal). Removing a lock file races
+      with a run that opened it just before: that run may lock the unlinked inode while a third
+      run creates and locks a new file. Hence the classic check: once locked, the name must
+      still be the inode we locked, else the lock is stale and we try again.
+
+    A run killed while holding it leaves the file (the ``flock`` dies with the process); the
+    next run on the image takes it over and removes it. On NFS, unlinking a file the client
+    still has open renames it to ``.nfs*`` until the close just after: never left behind.
+    """
     path = store / f"{LOCK_PREFIX}{image_id}"
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise RecoverError(f"cannot write to the store directory {store}: {exc.strerror}") from None
-    try:
+    fd = -1
+    for _ in range(LOCK_ATTEMPTS):
+        fd = _open_lock(path, store)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RefusedError(
-                f"another recover run is working on image {image_id}",
-                hint="nothing was changed; wait for it to finish",
-            ) from None
+            os.close(fd)
+            raise _locked(image_id) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        if _names(path, fd):
+            break
+        os.close(fd)  # a finished run removed it after we opened it: that lock is gone
+        fd = -1
+    if fd < 0:
+        raise _locked(image_id)
+    try:
         yield
     finally:
-        os.close(fd)  # closing releases the flock; the empty lock file is harmless
+        try:
+            if _names(path, fd):  # never remove a file another run made (say, after a person
+                path.unlink()  # deleted ours while we held it)
+        finally:
+            os.close(fd)  # closing releases the flock, after the name is gone
+
+
+def _open_lock(path: Path, store: Path) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise RecoverError(f"cannot write to the store directory {store}: {exc.strerror}") from None
+
+
+def _names(path: Path, fd: int) -> bool:
+    """True when ``path`` is (still) the very file open as ``fd``."""
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _locked(image_id: str) -> RefusedError:
+    return RefusedError(
+        f"another recover run is working on image {image_id}",
+        hint="nothing was changed; wait for it to finish",
+    )
 
 
 def remove_stale(store: Path, image_id: str) -> list[Path]:

@@ -10,6 +10,8 @@ a mismatch).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from recover.errors import NotFoundError
 from recover.images import api, qemu
 from recover.images.digest import DEFAULT_ALGO, Digests, hash_file
 from recover.images.recovery import WRITABLE, validate_uuid
+from recover.images.rows import restored_status
 from recover.images.store import is_store_file
 from recover.text import printable
 
@@ -31,6 +34,8 @@ from recover.text import printable
 class Verification:
     image_id: str
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
+    #: What the API should say: ``deactivated`` for an image recovered as such (rows.py).
+    api_status: str = "active"
 
     def add(self, name: str, ok: bool, detail: str) -> None:
         self.checks.append((name, ok, detail))
@@ -80,20 +85,26 @@ def verify_image(settings: Settings, image_id: str) -> Verification:
             )
     finally:
         glance.db.dispose()
-    result = Verification(image_id)
-    result.add("status", row["status"] == "active" and not row["deleted"],
+    result = Verification(image_id, api_status=restored_status(row))
+    # deactivated: served to admins only, as the admin who deactivated it wanted (rows.py).
+    result.add("status", row["status"] in ("active", "deactivated") and not row["deleted"],
                f"status={row['status']} deleted={int(row['deleted'])}")  # fmt: skip
     result.add("location", bool(live), f"{len(live)} active location(s)")
     if not live:
         return _with_api(result, settings, None) if use_api else result
-    path = _path_of(live[-1]["value"])
+    # The newest filesystem location (an image may also keep an http or rbd one).
+    location = next((r for r in reversed(live) if _path_of(r["value"]) is not None), live[-1])
+    path = _path_of(location["value"])
     if path is None:
-        result.add("file", False, f"{printable(live[-1]['value'])} is not a filesystem location")
+        result.add("file", False, f"{printable(location['value'])} is not a filesystem location")
         return result
-    store = Path(settings.store_dir.value).resolve()
-    if not is_store_file(path, store, image_id):
-        result.add("file", False, f"location {printable(path)} is not {store}/{image_id}")
+    dirs = [Path(d).resolve() for d in settings.image_dirs()]
+    if not any(is_store_file(path, d, image_id) for d in dirs):
+        where = " or ".join(f"{d}/{image_id}" for d in dirs)
+        result.add("file", False, f"location {printable(path)} is not {where}")
         return result
+    if settings.glance_file_stores:
+        _check_store_id(result, settings, dict(location), path)
     if not path.is_file():
         if use_api:
             result.add("file", True, f"{path} is not on this machine: checked through the API")
@@ -116,9 +127,37 @@ def verify_image(settings: Settings, image_id: str) -> Verification:
     return _with_api(result, settings, digests) if use_api else result
 
 
+def _check_store_id(
+    result: Verification, settings: Settings, location: Mapping[str, Any], path: Path
+) -> None:
+    """Multi-store: Glance hands a location to the driver its ``meta_data["store"]`` names
+    (glance_store ``multi_backend.get_from_backend``); a ``file://`` URL under another
+    store's id (say an ``http`` one) is answered with HTTP 500 on download."""
+    stored = _meta_store(location.get("meta_data"))
+    actual = settings.file_store_of(path.parent)
+    if stored is None:
+        result.add("location store", True,
+                   f"no store id; Glance fills in {actual!r} from the URL")  # fmt: skip
+        return
+    result.add(
+        "location store",
+        stored == actual,
+        f"meta_data store {printable(stored)!r}, file in store {actual!r}",
+    )
+
+
+def _meta_store(text: str | None) -> str | None:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return None
+    stored = value.get("store") if isinstance(value, dict) else None
+    return None if stored is None else str(stored)
+
+
 def _with_api(result: Verification, settings: Settings, digests: Digests | None) -> Verification:
     """What Nova will see: the API's view of the image and a verified download."""
-    for check in api.verify(api.client(settings), result.image_id, digests):
+    for check in api.verify(api.client(settings), result.image_id, digests, result.api_status):
         result.add(check.name, check.ok, check.detail)
     return result
 
