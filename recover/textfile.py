@@ -10,8 +10,10 @@ bytes even if the file grows meanwhile.
 The limits, with their reason:
 
 * :data:`CONFIG_LIMIT`, 16 MiB: nova.conf and glance-api.conf are tens of KB on real
-  deployments; the complete generated samples, every option commented, are well under
-  1 MB (nova ``etc/nova/nova-config-generator.conf`` output).
+  deployments; even the complete generated samples, every option with its help text, are
+  far smaller (measured with ``oslo-config-generator``: 398 KB for nova 34.0.0 with the
+  16 namespaces of ``etc/nova/nova-config-generator.conf`` installed, 132 KB for glance
+  33.0.0's glance-api namespaces).
 * :data:`JOURNAL_LIMIT`, 64 MiB: a journal holds the before- and after-image of every row
   it changes, about 740 bytes a row (measured: a deleted private Mitaka flavor with 500
   extra specs and access for 5000 projects gives a 4.06 MB journal for 5501 rows). Glance

@@ -667,7 +667,7 @@ def galera_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GaleraC
     """The session's three-node Galera cluster (``tests.galera.GaleraCluster``), on first use.
 
     Three ``mariadbd --no-defaults`` with ``galera-4`` on free ports of 127.0.0.1, datadirs
-    in pytest's tmp dir, every node ``Synced`` (about 10 s, 450 MB RSS together).
+    in pytest's tmp dir, every node ``Synced`` (10-15 s, 452 MiB RSS together).
     ``galera_cluster.make_db(schema, name)`` returns the URLs of one database through node
     1, 2 and 3; ``galera_cluster.nodes[i]`` are ``MariaDBServer``s. Stopped (SIGTERM to
     each pid it started) at session end. Skips (fails under ``CI=true``) without galera-4.
