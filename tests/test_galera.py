@@ -22,12 +22,14 @@ from typing import Any
 import pymysql
 import pytest
 
+from recover.demo import SNAPSHOT
 from tests import clouds, galera
 from tests.galera import GaleraCluster, GaleraNode
 from tests.helpers import dump_rows
-from tests.test_faults import stopped, wait_until
+from tests.test_faults import assert_image_new, journals, stopped, wait_until
 from tests.test_flavor import API_TABLES, LEGACY_TABLES, PRIVATE, SHADOW_TABLES, Legacy, Modern
 from tests.test_flavor import _without_child_ids as without_child_ids
+from tests.test_hostile import OTHER_IMAGE, build_world
 from tests.test_races import LAUNCHER
 
 RECOVER = str(Path(sys.executable).with_name("recover"))
@@ -554,3 +556,45 @@ def test_node_killed_inside_a_recovery_and_a_rerun_through_another_node(
             sys.stderr.write(f"\nnode3 rejoined in {seconds:.1f} s\n")
     deleted.assert_recovered_everywhere()
     assert journal_statuses(tmp_path) == ["committed", "rolled-back"]
+
+
+IMAGE_LOSERS = (
+    f"another recover run is working on image {SNAPSHOT}",
+    f"image {SNAPSHOT} is active: nothing to recover",
+)
+
+
+def test_same_image_started_through_two_nodes_at_once(
+    galera_cluster: GaleraCluster, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``image --base-file`` through nodes 1 and 2 at once, one store (as controllers share
+    it): the per-image lock in the store lets one run in; the rows and the file end new
+    on every node, no temporary or lock file is left."""
+    cluster = galera_cluster
+    for round_ in range(3):
+        root = tmp_path / f"round{round_}"
+        root.mkdir()
+        world = build_world(
+            lambda schema, db: cluster.make_db(schema, db)[0], root, tmp_path_factory,
+            prefix="gal",
+        )  # fmt: skip
+        cluster.sync()
+        argvs = [
+            ["--nova-db", node.url(world.nova_db), "--glance-db", node.url(world.glance_db),
+             "--store-dir", str(world.store), "image", SNAPSHOT, "--base-file", str(world.base),
+             "--yes"]
+            for node in cluster.nodes[:2]
+        ]  # fmt: skip
+        env = {**world.env, **{k: v for k, v in env_for(root).items() if k == "PYTHONPATH"}}
+        results = finish_all(start_together(argvs, env, root))
+        assert sorted(code for code, _, _ in results) == [0, 1], results
+        for code, out, err in results:
+            if code == 0:
+                assert out.startswith(f"Done: recover image {SNAPSHOT}"), out
+                continue
+            assert out == "" and len(err.splitlines()) == 1, (out, err)
+            assert any(err.startswith(f"Error: {text}") for text in IMAGE_LOSERS), err
+        for node in cluster.nodes:
+            assert_image_new(world, node)
+        assert sorted(journals(world).values()) in (["committed"], ["committed", "rolled-back"])
+        assert sorted(p.name for p in world.store.iterdir()) == sorted([SNAPSHOT, OTHER_IMAGE])
