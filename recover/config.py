@@ -8,6 +8,7 @@ environment variable > ``--config`` ini file (section ``[recover]``) >
 from __future__ import annotations
 
 import configparser
+import io
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 
 from recover.errors import ConfigError
 from recover.secrets import remember_secret, remember_url_password
+from recover.textfile import CONFIG_LIMIT, read_bounded
 
 DEFAULT_STORE_DIR = "/var/lib/glance/images"
 DEFAULT_INSTANCES_PATH = "/var/lib/nova/instances"
@@ -98,8 +100,9 @@ def _read_ini(
     # oslo.config files may repeat sections and keys; the last value wins there too.
     parser = configparser.RawConfigParser(strict=False, interpolation=None, dict_type=dict_type)
     try:
-        with open(path, encoding="utf-8") as handle:
-            parser.read_file(handle, source=path)
+        text = read_bounded(path, what, CONFIG_LIMIT, ConfigError)
+        # newline=None: universal newlines, as reading the file in text mode did.
+        parser.read_file(io.StringIO(text, newline=None), source=path)
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist") from None
     except IsADirectoryError:

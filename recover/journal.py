@@ -23,6 +23,7 @@ from recover.errors import RecoverError
 from recover.fsutil import fsync_dir
 from recover.plan import Plan, RowChange
 from recover.secrets import mask_url
+from recover.textfile import JOURNAL_LIMIT, read_bounded
 
 FORMAT = "recover-journal/1"
 STATE_ENV = "RECOVER_STATE_DIR"
@@ -116,7 +117,7 @@ def rewrite(path: Path, document: dict[str, Any]) -> None:
 
 def read(path: Path) -> dict[str, Any]:
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = json.loads(read_bounded(path, "journal", JOURNAL_LIMIT))
     except FileNotFoundError:
         raise RecoverError(f"journal {path} does not exist") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:

@@ -6,8 +6,9 @@
 #   ensure_venv
 #
 # ensure_system_packages: if any BINARY is missing (looked up on PATH and in the
-# sbin folders), install all the DEBIAN_PACKAGEs with apt-get when running as
-# root; otherwise say what to install and exit 1. It never starts a service.
+# sbin folders; an absolute path is checked as a file), install all the
+# DEBIAN_PACKAGEs with apt-get when running as root; otherwise say what to
+# install and exit 1. It never starts a service.
 # ensure_venv: create .venv (python3 -m venv; installs python3-venv if needed),
 # then `pip install -e '.[test]'`, again only when pyproject.toml changed since
 # the last successful install (sha256 kept in .venv/.pyproject.sha256). It
@@ -18,6 +19,8 @@ step() {
 }
 
 have_binary() {
+    # An absolute path names a file to check, e.g. a library without a binary (galera-4).
+    case "$1" in /*) [ -e "$1" ]; return ;; esac
     command -v "$1" >/dev/null 2>&1 && return 0
     local dir
     for dir in /usr/local/sbin /usr/sbin /sbin; do

@@ -68,6 +68,7 @@ _DEBIAN_PACKAGES = {
     "mariadb-install-db": "mariadb-server",
     "mysql_install_db": "mariadb-server",
     "mariadb": "mariadb-client",
+    "mariadb-dump": "mariadb-client",
     "qemu-img": "qemu-utils",
     "sshd": "openssh-server",
     "ssh": "openssh-client",
