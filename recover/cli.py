@@ -148,6 +148,12 @@ def _env_help(name: str) -> str:
 @click.option(
     "--os-token", metavar="TOKEN", help="Token for --glance-endpoint." + _env_help("os_token")
 )
+@click.option(
+    "--cell-timeout",
+    metavar="SECS",
+    help="A cell that has not answered by then is reported unreachable (default 60, as "
+    "nova's CELL_TIMEOUT)." + _env_help("cell_timeout"),
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, **options: Any) -> None:
