@@ -42,8 +42,7 @@ from bench_util import (
     measure,
     rounds,
 )
-
-from recover.synthetic import FULL
+from synthetic import FULL
 
 GIB = 1024**3
 MIB = 1024**2
@@ -701,7 +700,7 @@ def inventory_details(results: Results) -> str:
     s = sizes["full"]
     out.append("### The synthetic cloud\n")
     out.append(
-        "`recover.synthetic.generate`, seed 1, into the real DDL (nova_api cdeec0c85668, nova"
+        "`scripts/synthetic.py` `generate`, seed 1, into the real DDL (nova_api cdeec0c85668, nova"
         " ab450ba04102, glance 2024_1_contract01) with LOAD DATA LOCAL INFILE: cell0 (empty)"
         f" and 2 cells of {s.live_per_cell:,} live + {s.deleted_per_cell:,} soft-deleted"
         " instances (`deleted = id`), each with its instance_extra (the flavor JSON nova"
