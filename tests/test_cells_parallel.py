@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -185,3 +186,30 @@ def test_a_cell_timeout_that_is_not_seconds_is_refused(modern: Cloud, value: str
         f"Error: --cell-timeout {value!r} is not a number of seconds; give the seconds a cell "
         "may take to answer, e.g. 60 (more than 0, at most 86400)\n"
     )
+
+
+def test_an_interrupted_scan_does_not_wait_for_a_silent_cell(modern: Cloud, tmp_path: Path) -> None:
+    """Ctrl-C while a cell hangs in its scan (60 s budget): the process ends now, not when
+    the cell would have timed out; the thread blocked on that cell holds nothing up."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECOVER_", "OS_"))}
+    env["HOME"] = str(tmp_path)
+    cell2 = modern.cell_urls["cell2"]
+    with LatencyProxy(upstream(cell2), 0.0, freeze_on=b"AS shelved") as hang:
+        argv = args(modern, [modern.cell_urls["cell1"], through(cell2, hang)])
+        process = subprocess.Popen(
+            [sys.executable, "-m", "recover.cli", *argv],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        time.sleep(3)  # the scan is waiting for cell2 (default budget: 60 s)
+        assert process.poll() is None
+        start = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        try:
+            out, err = process.communicate(timeout=10)
+        finally:
+            process.kill()
+        seconds = time.monotonic() - start
+    assert process.returncode != 0
+    assert out == ""
+    assert "Traceback" not in err
+    assert seconds < 3, f"{seconds:.2f} s after SIGINT"

@@ -52,6 +52,7 @@ class _Worker:
         self.spent = 0.0
         #: The cell timed out: its thread may still be blocked; it gets no more work.
         self.lost = False
+        self.current: _Job | None = None
         self.thread = threading.Thread(target=self._loop, name=f"recover-cell-{name}", daemon=True)
         self.thread.start()
 
@@ -90,7 +91,7 @@ class CellWorkers:
         for name, fn in jobs.items():
             worker = self._workers[name]
             if not worker.lost:
-                job = _Job(fn)
+                job = worker.current = _Job(fn)
                 worker.jobs.put(job)
                 submitted[name] = job
         results: dict[str, T | BaseException] = {}
@@ -114,9 +115,11 @@ class CellWorkers:
         return self._workers[name].lost
 
     def close(self) -> None:
-        """End the idle threads; the lost ones are daemons, never waited for."""
-        idle = [w for w in self._workers.values() if not w.lost]
-        for worker in idle:
+        """End the threads. Only idle ones are waited for: a lost one, or one still busy
+        because the scan was interrupted (Ctrl-C in :meth:`gather`), is a daemon that its
+        read_timeout ends."""
+        for worker in self._workers.values():
             worker.jobs.put(None)
-        for worker in idle:
-            worker.thread.join()
+        for worker in self._workers.values():
+            if not worker.lost and (worker.current is None or worker.current.done.is_set()):
+                worker.thread.join()
