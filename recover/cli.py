@@ -152,8 +152,8 @@ def _env_help(name: str) -> str:
 @click.option(
     "--cell-timeout",
     metavar="SECS",
-    help="A cell that has not answered by then is reported unreachable (default 60, as "
-    "nova's CELL_TIMEOUT)." + _env_help("cell_timeout"),
+    help="inventory: a cell that has not answered within SECS is reported unreachable "
+    "(default 60, as nova's CELL_TIMEOUT)." + _env_help("cell_timeout"),
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.pass_context
