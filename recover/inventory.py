@@ -297,8 +297,10 @@ class _Scan:
         try:
             return self._run()
         finally:
+            # An interrupted pass leaves connections with threads still reading on them:
+            # closing one here would wait for its cell (a ROLLBACK), so only idle ones are.
             for name, conn in self.conns.items():
-                if not self.workers.lost(name):
+                if self.workers.idle(name):
                     conn.close()
 
     def _gather(self, cells: list[CellReader], step: Callable[[CellReader], T]) -> dict[str, T]:

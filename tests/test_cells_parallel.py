@@ -188,13 +188,21 @@ def test_a_cell_timeout_that_is_not_seconds_is_refused(modern: Cloud, value: str
     )
 
 
-def test_an_interrupted_scan_does_not_wait_for_a_silent_cell(modern: Cloud, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "freeze_on",
+    [b"AS shelved", b"instance_extra.instance_uuid"],
+    ids=["pass 1: instances", "pass 2: flavor copies"],
+)
+def test_an_interrupted_scan_does_not_wait_for_a_silent_cell(
+    modern: Cloud, tmp_path: Path, freeze_on: bytes
+) -> None:
     """Ctrl-C while a cell hangs in its scan (60 s budget): the process ends now, not when
-    the cell would have timed out; the thread blocked on that cell holds nothing up."""
+    the cell would have timed out; the thread blocked on that cell holds nothing up, and
+    its connection is not closed under it (a ROLLBACK would wait for the cell)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RECOVER_", "OS_"))}
     env["HOME"] = str(tmp_path)
     cell2 = modern.cell_urls["cell2"]
-    with LatencyProxy(upstream(cell2), 0.0, freeze_on=b"AS shelved") as hang:
+    with LatencyProxy(upstream(cell2), 0.0, freeze_on=freeze_on) as hang:
         argv = args(modern, [modern.cell_urls["cell1"], through(cell2, hang)])
         process = subprocess.Popen(
             [sys.executable, "-m", "recover.cli", *argv],

@@ -111,8 +111,10 @@ class CellWorkers:
                 results[name] = CellTimeout(self.timeout)
         return results
 
-    def lost(self, name: str) -> bool:
-        return self._workers[name].lost
+    def idle(self, name: str) -> bool:
+        """Not lost, and no step running: what it holds may be used from another thread."""
+        worker = self._workers[name]
+        return not worker.lost and (worker.current is None or worker.current.done.is_set())
 
     def close(self) -> None:
         """End the threads. Only idle ones are waited for: a lost one, or one still busy
@@ -120,6 +122,6 @@ class CellWorkers:
         read_timeout ends."""
         for worker in self._workers.values():
             worker.jobs.put(None)
-        for worker in self._workers.values():
-            if not worker.lost and (worker.current is None or worker.current.done.is_set()):
+        for name, worker in self._workers.items():
+            if self.idle(name):
                 worker.thread.join()
