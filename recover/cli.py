@@ -26,6 +26,7 @@ from recover.db.engine import describe_db_error
 from recover.errors import ExitCode, PartialScanError, RecoverError
 from recover.plan import Plan, render_sql
 from recover.secrets import remember_secret, scrub
+from recover.text import printable
 from recover.write import (
     Confirm,
     Outcome,
@@ -148,6 +149,12 @@ def _env_help(name: str) -> str:
 @click.option(
     "--os-token", metavar="TOKEN", help="Token for --glance-endpoint." + _env_help("os_token")
 )
+@click.option(
+    "--cell-timeout",
+    metavar="SECS",
+    help="inventory: a cell that has not answered within SECS is reported unreachable "
+    "(default 60, as nova's CELL_TIMEOUT)." + _env_help("cell_timeout"),
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, **options: Any) -> None:
@@ -174,10 +181,11 @@ def cli(ctx: click.Context, debug: bool, **options: Any) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["table", "json", "csv"]),
+    type=click.Choice(["table", "json", "csv", "prometheus"]),
     default="table",
     show_default=True,
-    help="table for people, json for tools, csv: one row per (orphan, instance).",
+    help="table for people, json for tools, csv: one row per (orphan, instance), "
+    "prometheus: node_exporter textfile collector format.",
 )
 @click.option(
     "--fail-on-orphans", is_flag=True, help="Exit 3 when anything is orphaned (cron, monitoring)."
@@ -211,7 +219,8 @@ def inventory(app: AppContext, fmt: str, fail_on_orphans: bool) -> None:
         warn(message)
     click.echo(RENDERERS[fmt](result), nl=False)
     if result.partial:
-        failed = [f"{c.name}: {c.error}" for c in result.cells if not c.ok]
+        # A cell's name comes from cell_mappings: one line, whatever it holds.
+        failed = [f"{printable(c.name)}: {c.error}" for c in result.cells if not c.ok]
         raise PartialScanError(
             f"report is partial, not every cell was scanned ({'; '.join(failed)})"
         )

@@ -21,6 +21,8 @@ from recover.textfile import CONFIG_LIMIT, read_bounded
 
 DEFAULT_STORE_DIR = "/var/lib/glance/images"
 DEFAULT_INSTANCES_PATH = "/var/lib/nova/instances"
+#: Seconds a cell may take to answer (nova ``nova/context.py`` ``CELL_TIMEOUT``).
+DEFAULT_CELL_TIMEOUT = 60.0
 CONFIG_SECTION = "recover"
 
 #: option name -> environment variable. Every global option has one.
@@ -34,6 +36,7 @@ ENV_VARS: dict[str, str] = {
     "store_dir": "RECOVER_STORE_DIR",
     "glance_endpoint": "RECOVER_GLANCE_ENDPOINT",
     "os_token": "RECOVER_OS_TOKEN",
+    "cell_timeout": "RECOVER_CELL_TIMEOUT",
 }
 
 #: keys accepted in the ``[recover]`` section of ``--config``.
@@ -72,6 +75,8 @@ class Settings:
     hashing_algorithm: str | None = None
     glance_endpoint: Value | None = None
     os_token: Value | None = None
+    #: ``--cell-timeout``: a cell that has not answered by then is reported unreachable.
+    cell_timeout: float = DEFAULT_CELL_TIMEOUT
 
     def cell_urls(self) -> tuple[Value, ...]:
         """The cell databases to scan when discovery through the API database is not used."""
@@ -262,6 +267,22 @@ def read_nova_conf(path: str) -> tuple[str | None, str | None]:
     return _get(parser, "api_database", "connection"), _get(parser, "database", "connection")
 
 
+def _cell_timeout(value: Value | None) -> float:
+    if value is None:
+        return DEFAULT_CELL_TIMEOUT
+    try:
+        seconds = float(value.value)
+    except ValueError:
+        seconds = float("nan")
+    # A day at most: PyMySQL refuses longer socket timeouts no better than a typo.
+    if not 0 < seconds <= 86400:
+        raise ConfigError(
+            f"{value.source} {value.value!r} is not a number of seconds",
+            hint="give the seconds a cell may take to answer, e.g. 60 (more than 0, at most 86400)",
+        )
+    return seconds
+
+
 def resolve(options: Mapping[str, object], environ: Mapping[str, str] | None = None) -> Settings:
     """Merge the layers into one :class:`Settings`.
 
@@ -364,6 +385,7 @@ def resolve(options: Mapping[str, object], environ: Mapping[str, str] | None = N
         remember_secret(os_token.value)
 
     return Settings(
+        cell_timeout=_cell_timeout(layered("cell_timeout")),
         nova_api_db=nova_api_db,
         nova_dbs=nova_dbs,
         nova_conf_db=nova_conf_db,

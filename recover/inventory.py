@@ -11,18 +11,19 @@ import hashlib
 import os
 import re
 import shlex
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import SQLAlchemyError
 
 from recover.config import Settings
 from recover.db.cloud import NovaCloud, open_glance, open_nova
 from recover.db.engine import describe_db_error
+from recover.db.scatter import CellTimeout
 from recover.errors import DatabaseError
 from recover.glance import ChildCounts, GlanceReader
 from recover.nova import (
@@ -37,6 +38,7 @@ from recover.nova import (
     variants,
 )
 
+T = TypeVar("T")
 LONG_RUNNING = timedelta(days=365)
 UUID_RE = re.compile(
     r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
@@ -243,33 +245,118 @@ def flavor_store(nova: NovaCloud) -> str:
     return "cell"
 
 
+@dataclass
+class _FirstPass:
+    """What one cell answered in pass 1, and the connection pass 2 goes on with."""
+
+    conn: Connection
+    refs: LiveRefs
+    #: instance_types/shadow_instance_types rows of the flavor ids its instances use.
+    rows: dict[int, tuple[str, Row[Any]]]
+    #: Whether its instance_types still has live rows (asked only when nova_api has none).
+    legacy_live: bool
+
+
+@dataclass
+class _SecondPass:
+    refs: list[InstanceRef]
+    uses: list[_FlavorUse]
+    sysmeta: set[str]
+    #: Rows of the flavors a revert-resize gives back, read with the instances.
+    rows: dict[int, tuple[str, Row[Any]]]
+    warnings: list[str]
+
+
 class _Scan:
-    """One inventory run: state shared by the per-cell passes."""
+    """One inventory run: state shared by the per-cell passes.
+
+    Each pass runs on every cell at once, on the cell's own thread and connection
+    (``nova.workers``, recover.db.scatter); the steps between passes (nova_api, Glance)
+    run here. A cell's steps only return values: what they found is merged here, in
+    cell order, so the report does not depend on which cell answered first.
+    """
 
     def __init__(self, settings: Settings, nova: NovaCloud, glance: GlanceReader, now: datetime):
+        assert nova.workers is not None, "open_nova(..., cell_timeout=...) opens the threads"
         self.settings = settings
         self.nova = nova
+        self.workers = nova.workers
         self.glance = glance
         self.now = now
-        self.store = flavor_store(nova)
+        self.store = "api"
         self.warnings: list[str] = []
         self.cells = [CellStatus(t.name, False, err) for t, err in nova.unreachable]
         #: Per cell: instance_types/shadow_instance_types rows read, by id.
         self.rows: dict[str, dict[int, tuple[str, Row[Any]]]] = {}
         #: nova_api.flavors rows of the ids instances use (Newton+).
         self.live_api: dict[int, LiveFlavor] = {}
+        #: The connection each readable cell holds from pass 1 to pass 2.
+        self.conns: dict[str, Connection] = {}
 
     def run(self) -> Inventory:
-        # Pass 1, one scan per cell: what the live instances use, and which instances.
-        live: dict[str, LiveRefs] = {}
-        readable: list[CellReader] = []
-        for cell in self.nova.cells:
+        try:
+            return self._run()
+        finally:
+            # An interrupted pass leaves connections with threads still reading on them:
+            # closing one here would wait for its cell (a ROLLBACK), so only idle ones are.
+            for name, conn in self.conns.items():
+                if self.workers.idle(name):
+                    conn.close()
+
+    def _gather(self, cells: list[CellReader], step: Callable[[CellReader], T]) -> dict[str, T]:
+        """``step`` on every cell at once; the cells that failed or timed out are reported
+        (and left out of the result)."""
+        outcomes = self.workers.gather(
+            {str(c.worker): (lambda c=c: step(c)) for c in cells}  # type: ignore[misc]
+        )
+        answered: dict[str, T] = {}
+        for cell in cells:
+            outcome = outcomes[str(cell.worker)]
+            if isinstance(outcome, CellTimeout):
+                self._cell_unreachable(cell, f"cannot read {cell.db.label}: {outcome}")
+            elif isinstance(outcome, SQLAlchemyError):
+                self._cell_failed(cell, outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                answered[cell.name] = outcome
+        return answered
+
+    def _run(self) -> Inventory:
+        api = self.nova.api
+        api_flavors = False
+        if api is not None and api.schema.has_flavors:
+            with api.db.engine.connect() as conn:
+                api_flavors = api.has_flavors(conn)
+
+        def first(cell: CellReader) -> _FirstPass:
+            # One scan per cell: what the live instances use, and which instances; with it
+            # the flavor rows of those ids and (flavor_store) whether the cell serves flavors.
+            conn = cell.connect()
             try:
-                with cell.connect() as conn:
-                    live[cell.name] = cell.live_references(conn)
-                readable.append(cell)
-            except SQLAlchemyError as exc:
-                self._cell_failed(cell, exc)
+                legacy_live = not api_flavors and cell.has_live_legacy_flavors(conn)
+                refs = cell.live_references(conn)
+                rows = (
+                    cell.legacy_flavor_rows(conn, set(refs.flavors))
+                    if cell.schema.has_legacy_flavors
+                    else {}
+                )
+            except BaseException:
+                conn.close()
+                raise
+            return _FirstPass(conn, refs, rows, legacy_live)
+
+        passed = self._gather(self.nova.cells, first)
+        readable = [c for c in self.nova.cells if c.name in passed]
+        for cell in readable:
+            self.conns[str(cell.worker)] = passed[cell.name].conn
+        live = {name: p.refs for name, p in passed.items()}
+        self.rows = {name: p.rows for name, p in passed.items()}
+        # flavor_store(), from the answers: nova_api's flavors, else a cell that serves some.
+        if not api_flavors and (
+            any(p.legacy_live for p in passed.values()) or api is None or not api.schema.has_flavors
+        ):
+            self.store = "cell"
         flavor_refs = {name: set(refs.flavors) for name, refs in live.items()}
         image_refs: set[str] = set().union(*(refs.image_ids() for refs in live.values()))
 
@@ -285,10 +372,7 @@ class _Scan:
 
         # Pass 2: the instances that use an orphan, by primary key; with them the instances
         # whose live flavor row may be another flavor (id reused) and the resized ones.
-        uses: list[_FlavorUse] = []
-        sysmeta: set[str] = set()
-        instances_by_image: dict[str, list[InstanceRef]] = {i: [] for i in orphan_images}
-        for cell in readable:
+        def second(cell: CellReader) -> _SecondPass:
             wanted = orphan_flavors.get(cell.name, {})
             scanned = live[cell.name]
             ids = sorted(
@@ -298,17 +382,28 @@ class _Scan:
                     *scanned.resized,
                 }
             )
-            try:
-                with cell.connect() as conn:
-                    refs = cell.instances_by_id(conn, ids)
-                    uses += self._flavor_uses(cell, conn, refs)
-                    users = [r.uuid for r in refs if r.flavor_id in wanted]
-                    if users:
-                        sysmeta |= cell.sysmeta_flavor_uuids(conn, users)
-            except SQLAlchemyError as exc:
-                self._cell_failed(cell, exc)
+            warnings: list[str] = []
+            with self.conns[str(cell.worker)] as conn:
+                refs = cell.instances_by_id(conn, ids)
+                uses, rows = self._flavor_uses(cell, conn, refs, warnings)
+                users = [r.uuid for r in refs if r.flavor_id in wanted]
+                sysmeta = cell.sysmeta_flavor_uuids(conn, users) if users else set()
+            return _SecondPass(refs, uses, sysmeta, rows, warnings)
+
+        uses: list[_FlavorUse] = []
+        sysmeta: set[str] = set()
+        instances_by_image: dict[str, list[InstanceRef]] = {i: [] for i in orphan_images}
+        found = self._gather(readable, second)
+        self.conns.clear()  # closed by pass 2, or held by a thread that timed out
+        for cell in readable:
+            if cell.name not in found:
                 continue
-            for ref in refs:
+            answer = found[cell.name]
+            self.warnings += answer.warnings
+            self.rows.setdefault(cell.name, {}).update(answer.rows)
+            uses += answer.uses
+            sysmeta |= answer.sysmeta
+            for ref in answer.refs:
                 for image_id in {ref.image_id, ref.shelved_id} & orphan_images.keys():
                     instances_by_image[image_id].append(ref)
             self.cells.append(CellStatus(cell.name, True))
@@ -335,18 +430,19 @@ class _Scan:
         )
 
     def _cell_failed(self, cell: CellReader, exc: SQLAlchemyError) -> None:
+        self._cell_unreachable(cell, f"cannot read {cell.db.label}: {describe_db_error(exc)}")
+
+    def _cell_unreachable(self, cell: CellReader, error: str) -> None:
         self.cells = [c for c in self.cells if c.name != cell.name]
-        self.cells.append(
-            CellStatus(cell.name, False, f"cannot read {cell.db.label}: {describe_db_error(exc)}")
-        )
+        self.cells.append(CellStatus(cell.name, False, error))
 
     def _orphan_flavor_ids(
         self, cells: list[CellReader], refs: dict[str, set[int]]
     ) -> dict[str, dict[int, tuple[str, Row[Any]] | None]]:
         """Per cell: orphaned flavor id -> its soft-deleted/archived row, if one survives.
 
-        Keeps the rows read (``self.rows``) and the live flavors (``_live_flavors``): an
-        instance of a live flavor id may still embed another flavor (id reused).
+        From the rows pass 1 read (``self.rows``) and the live flavors (``_live_flavors``):
+        an instance of a live flavor id may still embed another flavor (id reused).
         """
         orphans: dict[str, dict[int, tuple[str, Row[Any]] | None]] = {}
         if self.store == "api" and self.nova.api is not None:
@@ -354,9 +450,7 @@ class _Scan:
                 self.live_api = self.nova.api.live_flavors(conn, set().union(*refs.values()))
         for cell in cells:
             ids = refs.get(cell.name, set())
-            with cell.connect() as conn:
-                rows = cell.legacy_flavor_rows(conn, ids) if cell.schema.has_legacy_flavors else {}
-            self.rows[cell.name] = rows
+            rows = self.rows.get(cell.name, {})
             if self.store == "api":
                 missing = ids - self.live_api.keys()
             else:
@@ -375,9 +469,10 @@ class _Scan:
         }
 
     def _flavor_uses(
-        self, cell: CellReader, conn: Any, refs: list[InstanceRef]
-    ) -> list[_FlavorUse]:
-        """What each instance read embeds: its flavor now, and the flavor a revert gives back."""
+        self, cell: CellReader, conn: Any, refs: list[InstanceRef], warnings: list[str]
+    ) -> tuple[list[_FlavorUse], dict[int, tuple[str, Row[Any]]]]:
+        """What each instance read embeds: its flavor now, and the flavor a revert gives back;
+        with the rows of revert flavors not read yet (legacy clouds)."""
         blobs = cell.flavor_blobs_of(conn, [r.uuid for r in refs if r.flavor_id is not None])
         uses: list[_FlavorUse] = []
         for ref in refs:
@@ -388,7 +483,7 @@ class _Scan:
                 try:
                     blob = parse_flavor_blob(blobs[ref.uuid])
                 except FlavorBlobError as exc:
-                    self.warnings.append(f"instance {ref.uuid} in cell {cell.name}: {exc}; skipped")
+                    warnings.append(f"instance {ref.uuid} in cell {cell.name}: {exc}; skipped")
             uses.append(_FlavorUse(cell.name, ref, ref.flavor_id, False, _copy_of(blob, ref)))
             old = blob.get("old")
             # nova 34 nova/compute/manager.py finish_revert_resize: _set_instance_info(instance,
@@ -397,8 +492,8 @@ class _Scan:
                 uses.append(_FlavorUse(cell.name, ref, old.id, True, old))
         unknown = {u.flavor_id for u in uses if u.revert} - self.rows.get(cell.name, {}).keys()
         if unknown and self.store == "cell" and cell.schema.has_legacy_flavors:
-            self.rows.setdefault(cell.name, {}).update(cell.legacy_flavor_rows(conn, unknown))
-        return uses
+            return uses, cell.legacy_flavor_rows(conn, unknown)
+        return uses, {}
 
     def _flavors(self, uses: list[_FlavorUse], sysmeta: set[str]) -> list[FlavorOrphan]:
         """The orphans among the flavors instances use (or get back on revert-resize)."""
@@ -634,7 +729,7 @@ def _image_suggestion(image: ImageOrphan) -> tuple[str | None, str | None]:
 def scan(settings: Settings, now: datetime | None = None) -> Inventory:
     """Run the inventory across every cell. Unreachable cells make it partial, not fatal."""
     moment = now or datetime.now(timezone.utc).replace(tzinfo=None)
-    nova = open_nova(settings, allow_unreachable_cells=True)
+    nova = open_nova(settings, allow_unreachable_cells=True, cell_timeout=settings.cell_timeout)
     try:
         if not nova.cells:
             if len(nova.unreachable) == 1:

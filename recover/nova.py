@@ -339,6 +339,8 @@ class CellReader:
         #: cell0: failed builds only, never run on any compute node (recover.db.cells).
         self.cell0 = cell0
         self.instances = db.table("instances")
+        #: Its thread in ``NovaCloud.workers`` when cells are scanned at once.
+        self.worker: str | None = None
 
     def connect(self) -> Connection:
         return self.db.engine.connect()

@@ -285,4 +285,75 @@ def _never_ran_section(inventory: Inventory) -> list[str]:
     return lines
 
 
-RENDERERS = {"table": render_table, "json": render_json, "csv": render_csv}
+def _label(value: str) -> str:
+    r"""A label value as the text exposition format writes it: backslash, double quote and
+    line feed escaped as ``\\``, ``\"``, ``\n`` (prometheus
+    docs/instrumenting/exposition_formats.md, "Text format details")."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def affected_instances(inventory: Inventory) -> list[str]:
+    """Every instance an orphan leaves at risk, once: on a deleted flavor or image now, or
+    given a deleted flavor back by revert-resize."""
+    found = {i.uuid for f in inventory.flavors for i in (*f.instances, *f.revert_instances)}
+    found |= {i.uuid for image in inventory.images for i in image.instances}
+    return sorted(found)
+
+
+def render_prometheus(inventory: Inventory) -> str:
+    """The node_exporter textfile collector format: gauges for a cron job and an alert.
+
+    Counts are those of the JSON report: ``len(flavors)``, ``len(images)``, the distinct
+    instances of both, and one ``recover_cell_up`` per entry of ``cells``.
+    """
+    lines: list[str] = []
+
+    def gauge(name: str, help_text: str, samples: list[tuple[str, int]]) -> None:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} gauge")
+        lines.extend(f"{name}{labels} {value}" for labels, value in samples)
+
+    gauge(
+        "recover_orphaned_flavors",
+        "Deleted Nova flavors that live instances still use (recover inventory).",
+        [("", len(inventory.flavors))],
+    )
+    gauge(
+        "recover_orphaned_images",
+        "Deleted Glance images that live instances still use (recover inventory).",
+        [("", len(inventory.images))],
+    )
+    gauge(
+        "recover_affected_instances",
+        "Live instances on a deleted flavor or image, or given a deleted flavor back by "
+        "revert-resize.",
+        [("", len(affected_instances(inventory)))],
+    )
+    gauge(
+        "recover_cell_up",
+        "1 when the cell's database answered within --cell-timeout, else 0 (the other "
+        "metrics then leave its instances out).",
+        [(f'{{cell="{_label(c.name)}"}}', int(c.ok)) for c in inventory.cells],
+    )
+    # The copies found on compute hosts come from `inventory --probe-hosts` (issue 13), which
+    # fills ImageOrphan.copies; without it nothing is known, and a 0 would be a false alarm.
+    copies = [
+        (f'{{image="{_label(i.id)}"}}', len(found))
+        for i in inventory.images
+        if (found := getattr(i, "copies", None)) is not None
+    ]
+    gauge(
+        "recover_image_copies",
+        "Copies of an orphaned image's _base file found on compute hosts by "
+        "inventory --probe-hosts; no sample for an image whose hosts were not probed.",
+        copies,
+    )
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS = {
+    "table": render_table,
+    "json": render_json,
+    "csv": render_csv,
+    "prometheus": render_prometheus,
+}

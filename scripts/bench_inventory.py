@@ -24,11 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import synthetic
 from bench_db import MariaDB
 from bench_util import PYTHON, REPO, Run, measure
-
-from recover import synthetic
-from recover.synthetic import Planted, Size
+from synthetic import Planted, Size
 
 MODERN_NOVA = "nova-ab450ba04102"
 MODERN_API = "nova_api-cdeec0c85668"

@@ -120,8 +120,12 @@ def as_configs_mean_it(url: URL, role: str) -> URL:
     return url
 
 
-def open_database(text: str, role: str) -> Database:
-    """Connect to a database and prove the connection works, or raise DatabaseError."""
+def open_database(text: str, role: str, *, read_timeout: float | None = None) -> Database:
+    """Connect to a database and prove the connection works, or raise DatabaseError.
+
+    ``read_timeout`` (MySQL): a read or write that waits longer fails, so a server that
+    accepted the connection and then went silent cannot block a thread for ever.
+    """
     remember_url_password(text)
     url = as_configs_mean_it(parse_url(text, role), role)
     connect_args: dict[str, object] = {}
@@ -132,6 +136,11 @@ def open_database(text: str, role: str) -> Database:
             raise DatabaseError(f"{role} database {mask_url(url)}: no such file {path}")
     elif url.get_backend_name() == "mysql":
         connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+        if read_timeout is not None:
+            # PyMySQL reads the server's greeting with read_timeout too (connections.py
+            # connect -> _get_server_information): the one wait connect_timeout misses.
+            connect_args["read_timeout"] = read_timeout
+            connect_args["write_timeout"] = read_timeout
     try:
         engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
     except NoSuchModuleError:

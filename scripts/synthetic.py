@@ -1,5 +1,9 @@
 """Synthetic clouds of any size, loaded in bulk, for the benchmarks and the tests.
 
+Beside the benchmarks, not in the installed package: no command of ``recover`` uses it
+(issue 13, item 7). ``scripts/bench_*`` import it as ``synthetic`` (their directory is on
+``sys.path``), ``tests/test_synthetic.py`` from ``scripts/``.
+
 The rows have the shapes ``recover.simulate`` writes one at a time the way Nova
 and Glance do (the same ``flavor_primitive``/``flavor_blob`` JSON in
 ``instance_extra.flavor``, soft-deleted Nova rows with ``deleted = id``, Glance's
