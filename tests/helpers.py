@@ -170,3 +170,21 @@ def cached_venv(
 def committed_note(journal: object) -> str:
     """The stderr line of a committed write whose report does not go to a terminal."""
     return f"Committed; journal {journal}; undo: recover undo {journal}\n"
+
+
+def process_env(root: Path) -> dict[str, str]:
+    """A clean environment for ``recover`` run as a process: home, tmp and journals
+    (``root/state``) under ``root``. PYTHONPATH passes through: a worktree's env.sh points it
+    at the code under test rather than the installed package."""
+    for name in ("home", "tmp", "state"):
+        (root / name).mkdir(exist_ok=True)
+    kept = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
+    return {
+        **kept,
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(root / "home"),
+        "TMPDIR": str(root / "tmp"),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "RECOVER_STATE_DIR": str(root / "state"),
+    }

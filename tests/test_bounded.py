@@ -24,27 +24,12 @@ import pytest
 
 from recover.textfile import CONFIG_LIMIT, JOURNAL_LIMIT
 from tests import clouds
+from tests.helpers import process_env
 from tests.test_hostile import snapshot
 
 RECOVER = str(Path(sys.executable).with_name("recover"))
 ADDRESS_SPACE = 1024**3
 GIB = 1024**3
-
-
-def env_for(root: Path) -> dict[str, str]:
-    for name in ("home", "tmp", "state"):
-        (root / name).mkdir(exist_ok=True)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(root / "home"),
-        "TMPDIR": str(root / "tmp"),
-        "LANG": "C.UTF-8",
-        "LC_ALL": "C.UTF-8",
-        "RECOVER_STATE_DIR": str(root / "state"),
-    }
-    if "PYTHONPATH" in os.environ:  # a worktree's recover, not the installed one
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    return env
 
 
 def _limit_memory() -> None:
@@ -53,7 +38,7 @@ def _limit_memory() -> None:
 
 def run(root: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [RECOVER, *argv], env=env_for(root), cwd=root, capture_output=True, text=True,
+        [RECOVER, *argv], env=process_env(root), cwd=root, capture_output=True, text=True,
         timeout=30, check=False, stdin=subprocess.DEVNULL, preexec_fn=_limit_memory,
     )  # fmt: skip
 
@@ -135,7 +120,7 @@ def _socket(path: Path) -> Path:
 @pytest.mark.parametrize("option", sorted(OPTIONS))
 def test_endless_or_huge_config_is_refused(tmp_path: Path, option: str, kind: str) -> None:
     path, says = KINDS[kind](tmp_path)
-    env_for(tmp_path)
+    process_env(tmp_path)
     before = snapshot(tmp_path)
     done = run(tmp_path, option, path, "inventory")
     hint = HINT if "regular" in says else ""
@@ -229,7 +214,7 @@ JOURNAL_KINDS: dict[str, Callable[[Path], tuple[str, str]]] = {
 @pytest.mark.parametrize("kind", sorted(JOURNAL_KINDS))
 def test_endless_or_huge_journal_is_refused(tmp_path: Path, kind: str) -> None:
     path, says = JOURNAL_KINDS[kind](tmp_path)
-    env_for(tmp_path)
+    process_env(tmp_path)
     before = snapshot(tmp_path)
     for argv in (["undo", path, "--yes"], ["undo", path, "--dry-run"]):
         refused(run(tmp_path, *argv), f"journal {path} {says}")

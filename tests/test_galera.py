@@ -25,7 +25,7 @@ import pytest
 from recover.demo import SNAPSHOT
 from tests import clouds, galera
 from tests.galera import GaleraCluster, GaleraNode
-from tests.helpers import dump_rows
+from tests.helpers import dump_rows, process_env
 from tests.test_faults import assert_image_new, journals, stopped, wait_until
 from tests.test_flavor import API_TABLES, LEGACY_TABLES, PRIVATE, SHADOW_TABLES, Legacy, Modern
 from tests.test_flavor import _without_child_ids as without_child_ids
@@ -35,23 +35,6 @@ from tests.test_races import LAUNCHER
 RECOVER = str(Path(sys.executable).with_name("recover"))
 ROUNDS = 5
 DEADLOCK = (1213, "Deadlock found when trying to get lock; try restarting transaction")
-
-
-def env_for(root: Path) -> dict[str, str]:
-    """A clean environment for ``recover`` processes; journals under ``root/state``."""
-    for name in ("home", "tmp", "state"):
-        (root / name).mkdir(exist_ok=True)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(root / "home"),
-        "TMPDIR": str(root / "tmp"),
-        "LANG": "C.UTF-8",
-        "LC_ALL": "C.UTF-8",
-        "RECOVER_STATE_DIR": str(root / "state"),
-    }
-    if "PYTHONPATH" in os.environ:  # a worktree's recover, not the installed one
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    return env
 
 
 def committed_note(root: Path) -> str:
@@ -236,7 +219,7 @@ def run_recover(
     root: Path, argv: list[str], extra: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [RECOVER, *argv], env={**env_for(root), **(extra or {})}, capture_output=True,
+        [RECOVER, *argv], env={**process_env(root), **(extra or {})}, capture_output=True,
         text=True, timeout=120, check=False, stdin=subprocess.DEVNULL,
     )  # fmt: skip
 
@@ -336,7 +319,7 @@ def test_same_flavor_started_through_two_nodes_at_once(
         root = tmp_path / f"round{round_}"
         root.mkdir()
         argvs = [deleted.argv(node, "--yes") for node in cluster.nodes[:2]]
-        one_winner(finish_all(start_together(argvs, env_for(root), root)), deleted.cloud.id)
+        one_winner(finish_all(start_together(argvs, process_env(root), root)), deleted.cloud.id)
         deleted.assert_recovered_everywhere()
         assert journal_statuses(root) in (["committed"], ["committed", "rolled-back"])
 
@@ -360,7 +343,7 @@ def test_same_flavor_committed_through_two_nodes_at_once(
         root = tmp_path / f"round{round_}"
         root.mkdir()
         argvs = [deleted.argv(node, "--yes") for node in cluster.nodes[:2]]
-        procs = start_together(argvs, env_for(root), root, stop_at="in-transaction")
+        procs = start_together(argvs, process_env(root), root, stop_at="in-transaction")
         for proc in procs:
             os.kill(proc.pid, signal.SIGCONT)
         _, loser = one_winner(finish_all(procs), deleted.cloud.id)
@@ -427,7 +410,7 @@ def test_same_undo_started_through_two_nodes_at_once(
         root.mkdir()
         journal = recovered_journal(deleted, root)
         argvs = [undo_argv(deleted, node, journal) for node in galera_cluster.nodes[:2]]
-        results = finish_all(start_together(argvs, env_for(root), root))
+        results = finish_all(start_together(argvs, process_env(root), root))
         one_winner(results, deleted.cloud.id, "undo: recover flavor")
         assert_deleted_everywhere(deleted)
         assert json.loads(journal.read_text())["status"] == "undone"
@@ -452,7 +435,7 @@ def test_same_undo_committed_through_two_nodes_at_once(
         root.mkdir()
         journal = recovered_journal(deleted, root)
         argvs = [undo_argv(deleted, node, journal) for node in galera_cluster.nodes[:2]]
-        procs = start_together(argvs, env_for(root), root, stop_at="in-transaction")
+        procs = start_together(argvs, process_env(root), root, stop_at="in-transaction")
         for proc in procs:
             os.kill(proc.pid, signal.SIGCONT)
         _, loser = one_winner(finish_all(procs), deleted.cloud.id, "undo: recover flavor")
@@ -524,7 +507,7 @@ def test_node_killed_inside_a_recovery_and_a_rerun_through_another_node(
     assert isinstance(deleted.cloud, Legacy)
     proc = subprocess.Popen(
         [RECOVER, *deleted.argv(three, "--yes")],
-        env={**env_for(tmp_path), "RECOVER_FAULT_POINT": "in-transaction:stop"},
+        env={**process_env(tmp_path), "RECOVER_FAULT_POINT": "in-transaction:stop"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -585,7 +568,7 @@ def test_same_image_started_through_two_nodes_at_once(
              "--yes"]
             for node in cluster.nodes[:2]
         ]  # fmt: skip
-        env = {**world.env, **{k: v for k, v in env_for(root).items() if k == "PYTHONPATH"}}
+        env = {**world.env, **{k: v for k, v in process_env(root).items() if k == "PYTHONPATH"}}
         results = finish_all(start_together(argvs, env, root))
         assert sorted(code for code, _, _ in results) == [0, 1], results
         for code, out, err in results:

@@ -55,7 +55,7 @@ from recover.simulate import (
     map_cell,
 )
 from tests import clouds
-from tests.helpers import require_binary
+from tests.helpers import process_env, require_binary
 from tests.images import PROPERTIES, digests, make_disks
 
 RECOVER = str(Path(sys.executable).with_name("recover"))
@@ -166,20 +166,8 @@ def base_env(root: Path) -> dict[str, str]:
             f"#!/bin/sh\ntouch {shlex.quote(str(root / 'tripwire-fired'))}\nexit 255\n"
         )
         tripwire.chmod(0o755)
-    for name in ("home", "tmp", "state", "outside"):
-        (root / name).mkdir(exist_ok=True)
-    # PYTHONPATH passes through: a worktree's env.sh points it at the code under test.
-    kept = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
-    return {
-        **kept,
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(root / "home"),
-        "TMPDIR": str(root / "tmp"),
-        "LANG": "C.UTF-8",
-        "LC_ALL": "C.UTF-8",
-        "RECOVER_STATE_DIR": str(root / "state"),
-        "RECOVER_SSH_COMMAND": str(tripwire),
-    }
+    (root / "outside").mkdir(exist_ok=True)
+    return {**process_env(root), "RECOVER_SSH_COMMAND": str(tripwire)}
 
 
 def build_world(
