@@ -48,7 +48,7 @@ from typing import Any
 
 from port_for import get_port
 
-from tests.helpers import REPO_ROOT, cached_venv, find_binary, give_up
+from tests.helpers import REPO_ROOT, cached_venv, find_binary, give_up, log_tails
 
 MEASURED = """
 Measured on this 2-core machine (Debian 12, Ceph 16.2.15, 5 agents sharing it), 3 runs each:
@@ -270,15 +270,7 @@ class CephCluster:
 
     def log_tail(self, lines: int = 30) -> str:
         """The last ``lines`` lines of the mon's and the osd's logs."""
-        out = []
-        for name in ("mon.a", "osd.0"):
-            path = self.directory / "log" / f"{name}.log"
-            try:
-                text = path.read_text(errors="replace")
-            except OSError as exc:
-                text = f"(no log: {exc})"
-            out.append(f"--- {path} ---\n" + "\n".join(text.splitlines()[-lines:]))
-        return "\n".join(out)
+        return log_tails([self.directory / "log" / f"{n}.log" for n in ("mon.a", "osd.0")], lines)
 
 
 def _die_with_parent() -> None:

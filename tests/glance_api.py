@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import pymysql
 from port_for import get_port
 
-from tests.helpers import REPO_ROOT, cached_venv
+from tests.helpers import REPO_ROOT, cached_venv, log_tails
 
 if TYPE_CHECKING:
     from glanceclient.v2.client import Client
@@ -126,14 +126,7 @@ class GlanceApi:
 
     def log_tail(self, lines: int = 40) -> str:
         """The last ``lines`` lines of glance-api.log and gunicorn's own output."""
-        out = []
-        for path in (self.log_path, self.directory / "gunicorn.log"):
-            try:
-                text = path.read_text(errors="replace")
-            except OSError as exc:
-                text = f"(no log: {exc})"
-            out.append(f"--- {path} ---\n" + "\n".join(text.splitlines()[-lines:]))
-        return "\n".join(out)
+        return log_tails([self.log_path, self.directory / "gunicorn.log"], lines)
 
     def stop(self) -> None:
         """SIGINT (quick shutdown) to gunicorn's process group, SIGKILL after 10 s."""

@@ -188,3 +188,15 @@ def process_env(root: Path) -> dict[str, str]:
         "LC_ALL": "C.UTF-8",
         "RECOVER_STATE_DIR": str(root / "state"),
     }
+
+
+def log_tails(paths: Sequence[Path], lines: int) -> str:
+    """The last ``lines`` lines of each log, headed by its path (for a failed start-up)."""
+    out = []
+    for path in paths:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError as exc:
+            text = f"(no log: {exc})"
+        out.append(f"--- {path} ---\n" + "\n".join(text.splitlines()[-lines:]))
+    return "\n".join(out)
