@@ -19,6 +19,12 @@ from recover.secrets import remember_secret, remember_url_password
 
 DEFAULT_STORE_DIR = "/var/lib/glance/images"
 DEFAULT_INSTANCES_PATH = "/var/lib/nova/instances"
+#: glance_store ``_drivers/rbd.py`` defaults: ``rbd_store_ceph_conf`` (empty = librados'
+#: default, /etc/ceph/ceph.conf), ``rbd_store_user`` (None; deployments use ``glance``),
+#: ``rbd_store_pool`` (``DEFAULT_POOL = 'images'``).
+DEFAULT_CEPH_CONF = "/etc/ceph/ceph.conf"
+DEFAULT_RBD_USER = "glance"
+DEFAULT_RBD_POOL = "images"
 CONFIG_SECTION = "recover"
 
 #: option name -> environment variable. Every global option has one.
@@ -32,6 +38,9 @@ ENV_VARS: dict[str, str] = {
     "store_dir": "RECOVER_STORE_DIR",
     "glance_endpoint": "RECOVER_GLANCE_ENDPOINT",
     "os_token": "RECOVER_OS_TOKEN",
+    "ceph_conf": "RECOVER_CEPH_CONF",
+    "rbd_user": "RECOVER_RBD_USER",
+    "rbd_pool": "RECOVER_RBD_POOL",
 }
 
 #: keys accepted in the ``[recover]`` section of ``--config``.
@@ -70,6 +79,12 @@ class Settings:
     hashing_algorithm: str | None = None
     glance_endpoint: Value | None = None
     os_token: Value | None = None
+    #: The Ceph client of Glance's RBD store (PRODUCT.md "Ceph RBD stores").
+    ceph_conf: Value = field(default_factory=lambda: Value(DEFAULT_CEPH_CONF, "default"))
+    rbd_user: Value = field(default_factory=lambda: Value(DEFAULT_RBD_USER, "default"))
+    rbd_pool: Value = field(default_factory=lambda: Value(DEFAULT_RBD_POOL, "default"))
+    #: Multi-store: the backend id of the RBD store (``enabled_backends = ceph:rbd``).
+    rbd_store_id: str | None = None
 
     def cell_urls(self) -> tuple[Value, ...]:
         """The cell databases to scan when discovery through the API database is not used."""
@@ -143,6 +158,11 @@ class GlanceConf:
     #: Multi-store: every ``file`` backend and its datadirs.
     file_stores: tuple[tuple[str, tuple[str, ...]], ...] = ()
     hashing_algorithm: str | None = None
+    #: The RBD store's ``rbd_store_ceph_conf``/``rbd_store_user``/``rbd_store_pool`` and,
+    #: multi-store, its backend id; with the section they were read from.
+    rbd: dict[str, str] = field(default_factory=dict)
+    rbd_section: str = "glance_store"
+    rbd_store_id: str | None = None
 
 
 def _datadirs(parser: configparser.RawConfigParser, section: str) -> tuple[str, ...]:
@@ -220,6 +240,7 @@ def read_glance_conf(path: str) -> GlanceConf:
     store_id = None
     kind: str | None
     file_stores: list[tuple[str, tuple[str, ...]]] = []
+    rbd_section, rbd_store_id = "glance_store", None
     backends = _get(parser, "DEFAULT", "enabled_backends")
     if backends:
         kinds: dict[str, str] = {}
@@ -233,6 +254,11 @@ def read_glance_conf(path: str) -> GlanceConf:
         for name, backend_kind in kinds.items():
             if backend_kind == "file":
                 file_stores.append((name, _datadirs(parser, name)))
+        # The RBD backend: the default one if it is RBD, else the first listed.
+        rbds = [name for name, backend_kind in kinds.items() if backend_kind == "rbd"]
+        if rbds:
+            rbd_store_id = default if default in rbds else rbds[0]
+            rbd_section = rbd_store_id
         if kind == "file":
             store_id = default
             store_dirs = dict(file_stores)[default] if default else ()
@@ -250,6 +276,13 @@ def read_glance_conf(path: str) -> GlanceConf:
         store_kind=kind,
         file_stores=tuple(file_stores),
         hashing_algorithm=_get(parser, "DEFAULT", "hashing_algorithm"),
+        rbd={
+            key: value
+            for key in ("rbd_store_ceph_conf", "rbd_store_user", "rbd_store_pool")
+            if (value := _get(parser, rbd_section, key)) is not None
+        },
+        rbd_section=rbd_section,
+        rbd_store_id=rbd_store_id,
     )
 
 
@@ -354,6 +387,16 @@ def resolve(options: Mapping[str, object], environ: Mapping[str, str] | None = N
         store_dir = Value(DEFAULT_STORE_DIR, "default")
 
     os_token = layered("os_token")
+
+    def ceph(name: str, key: str, default: str) -> Value:
+        """flag > env > ini > glance-api.conf's RBD store section > default."""
+        if (value := layered(name)) is not None:
+            return value
+        if key in glance_settings.rbd and glance_conf is not None:
+            where = f"{glance_conf.value} [{glance_settings.rbd_section}] {key}"
+            return Value(glance_settings.rbd[key], where)
+        return Value(default, "default")
+
     for url in (nova_api_db, nova_conf_db, glance_db, *nova_dbs):
         if url is not None:
             remember_url_password(url.value)
@@ -373,4 +416,8 @@ def resolve(options: Mapping[str, object], environ: Mapping[str, str] | None = N
         hashing_algorithm=glance_settings.hashing_algorithm,
         glance_endpoint=layered("glance_endpoint"),
         os_token=os_token,
+        ceph_conf=ceph("ceph_conf", "rbd_store_ceph_conf", DEFAULT_CEPH_CONF),
+        rbd_user=ceph("rbd_user", "rbd_store_user", DEFAULT_RBD_USER),
+        rbd_pool=ceph("rbd_pool", "rbd_store_pool", DEFAULT_RBD_POOL),
+        rbd_store_id=glance_settings.rbd_store_id,
     )

@@ -11,12 +11,14 @@ flavor's plan/journal mechanism).
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from sqlalchemy import select
 
@@ -25,6 +27,7 @@ from recover.db.cloud import open_glance
 from recover.errors import ConfigError, NotFoundError, RecoverError, RefusedError
 from recover.glance import GlanceReader
 from recover.images import api
+from recover.images.ceph import parse_location
 from recover.images.digest import DEFAULT_ALGO, Digests, Progress
 from recover.images.rows import NewData, PendingData, image_plan, restored_status
 from recover.images.rules import ImageRules
@@ -35,6 +38,8 @@ from recover.images.sources.transfer import WRITABLE
 from recover.images.stores import Go, ImageStore
 from recover.images.stores.filesystem import FilesystemStore
 from recover.images.stores.glance_api import GlanceApiStore
+from recover.images.stores.rbd import RbdStore
+from recover.images.stores.rbd import client as rbd_client
 from recover.plan import Plan
 from recover.write import Confirm, Outcome, committed_failure
 
@@ -57,6 +62,15 @@ class ImageRequest:
     #: Store bytes that are not the original upload's (a refusal of the size rules becomes
     #: a loud warning in the report).
     accept_new_bytes: bool = False
+
+
+def _meta_store(text: str | None) -> str | None:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return None
+    stored = value.get("store") if isinstance(value, dict) else None
+    return None if stored is None else str(stored)
 
 
 def validate_uuid(text: str) -> str:
@@ -97,11 +111,12 @@ class ImageRecovery:
         self.rules = ImageRules(self.image_id, self.row, request.accept_new_bytes)
         files = FilesystemStore(settings, self.image_id, self.row, self.rules, self.algo,
                                 reformat=bool(request.disk_format))  # fmt: skip
-        self.store: ImageStore = (
-            GlanceApiStore(glance_api, self.glance, self.image_id, self.row, files.final)
-            if request.via_api
-            else files
-        )
+        self.store: ImageStore = files
+        if request.via_api:
+            self.store = GlanceApiStore(glance_api, self.glance, self.image_id, self.row,
+                                        files.final)  # fmt: skip
+        elif (rbd := self._rbd_store()) is not None:
+            self.store = rbd
         #: Hashes of the bytes this run produced (for the API verification afterwards).
         self.new_digests: Digests | None = None
 
@@ -152,6 +167,33 @@ class ImageRecovery:
                 "(the row is updated to match)",
             )
         return wanted
+
+    def _rbd_store(self) -> RbdStore | None:
+        """The RBD store, when the image lived in one: its newest ``rbd://`` or ``file://``
+        location row says which (deleted rows too); an image without either lived in
+        Glance's default store, unless a filesystem directory was named (--store-dir)."""
+        table = self.glance.db.table("image_locations")
+        with self.glance.db.engine.connect() as conn:
+            rows = conn.execute(
+                select(table.c.value, table.c.meta_data)
+                .where(table.c.image_id == self.image_id)
+                .order_by(table.c.id.desc())
+            ).all()
+        settings = self.settings
+        for value, meta in rows:
+            scheme = urlparse(value or "").scheme
+            if scheme in ("file", "filesystem"):
+                return None
+            if scheme == "rbd":
+                old = parse_location(value)  # hostile values are refused here
+                stored = _meta_store(meta) or settings.rbd_store_id
+                pool = old.pool or settings.rbd_pool.value
+                return RbdStore(rbd_client(settings), pool, self.image_id, self.rules, self.algo,
+                                stored, old)  # fmt: skip
+        if settings.glance_store_kind != "rbd" or settings.store_dir.source != "default":
+            return None
+        return RbdStore(rbd_client(settings), settings.rbd_pool.value, self.image_id, self.rules,
+                        self.algo, settings.rbd_store_id, None)  # fmt: skip
 
     # --- the source ------------------------------------------------------------------------
 
