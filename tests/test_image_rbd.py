@@ -460,3 +460,35 @@ def test_an_all_zero_fsid_location_gets_the_clusters_fsid(
     assert done.exit_code == 0, done.output
     assert "the old location has the all-zero fsid" in done.stdout
     assert_back(glance_api_rbd, ceph_cluster, image_id, data)
+
+
+def test_kill_after_the_import_then_undo_removes_the_imported_image(
+    glance_api_rbd: GlanceApi, ceph_cluster: CephCluster, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    data = image_bytes(EIGHT_MIB // 8 + 1024, 50)
+    image_id = create_image(glance_api_rbd.client(), data, "raw", name="rbd-kill-import")
+    glance_api_rbd.client().images.delete(image_id)
+    deleted_rows, deleted_ceph = rows(glance_api_rbd, image_id), ceph_cluster.listing()
+    base = tmp_path / "base"
+    base.write_bytes(data)
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS.values()}
+    env.update(RECOVER_STATE_DIR=str(tmp_path / "state"), RECOVER_FAULT_POINT="rbd-import")
+    killed = subprocess.run(
+        [str(Path(sys.executable).with_name("recover")), "--glance-conf",
+         str(glance_api_rbd.conf_path), "image", image_id, "--base-file", str(base), "--yes"],
+        capture_output=True, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert image_id in ceph_cluster.rbd_images("images")  # imported, no snap, not committed
+    assert rows(glance_api_rbd, image_id) == deleted_rows
+    (journal_file,) = (tmp_path / "state" / "journal").iterdir()
+
+    undo = run(glance_api_rbd, "undo", str(journal_file), "--yes")
+    assert undo.exit_code == 0, undo.output
+    assert f"RBD: removed images/{image_id}, which the interrupted run had done." in undo.stdout
+    assert (rows(glance_api_rbd, image_id), ceph_cluster.listing()) == (deleted_rows, deleted_ceph)

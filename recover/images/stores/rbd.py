@@ -226,7 +226,8 @@ class RbdStore:
                 raise RefusedError(
                     f"the bytes of {self.spec}@{SNAP_NAME} are not image {self.image_id}'s "
                     f"({'; '.join(wrong)}); everything is put back",
-                    hint="inspect the RBD image; recover never restores from vms/<uuid>_disk",
+                    hint="nothing was changed; if a recover run was killed while importing it, "
+                    "`recover undo` of that run's journal removes what it left",
                 )
         self.digests = digests
 
