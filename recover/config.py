@@ -85,6 +85,9 @@ class Settings:
     rbd_pool: Value = field(default_factory=lambda: Value(DEFAULT_RBD_POOL, "default"))
     #: Multi-store: the backend id of the RBD store (``enabled_backends = ceph:rbd``).
     rbd_store_id: str | None = None
+    #: Nova's RBD pool (nova.conf ``[libvirt] images_rbd_pool`` when ``images_type = rbd``),
+    #: where the clones of Glance's images are: ``vms`` as deployments name it.
+    nova_rbd_pool: str = "vms"
 
     def cell_urls(self) -> tuple[Value, ...]:
         """The cell databases to scan when discovery through the API database is not used."""
@@ -292,6 +295,15 @@ def read_nova_conf(path: str) -> tuple[str | None, str | None]:
     return _get(parser, "api_database", "connection"), _get(parser, "database", "connection")
 
 
+def read_nova_rbd_pool(path: str) -> str | None:
+    """``[libvirt] images_rbd_pool`` of nova.conf when its disks are RBD (``images_type =
+    rbd``; the option's default is ``rbd``, nova/conf/libvirt.py), else None."""
+    parser = _read_ini(path, "nova config")
+    if (_get(parser, "libvirt", "images_type") or "").lower() != "rbd":
+        return None
+    return _get(parser, "libvirt", "images_rbd_pool") or "rbd"
+
+
 def resolve(options: Mapping[str, object], environ: Mapping[str, str] | None = None) -> Settings:
     """Merge the layers into one :class:`Settings`.
 
@@ -337,8 +349,10 @@ def resolve(options: Mapping[str, object], environ: Mapping[str, str] | None = N
     nova_conf = layered("nova_conf")
     glance_conf = layered("glance_conf")
     api_from_conf = cell_from_conf = None
+    nova_rbd_pool = "vms"
     if nova_conf is not None:
         api_from_conf, cell_from_conf = read_nova_conf(nova_conf.value)
+        nova_rbd_pool = read_nova_rbd_pool(nova_conf.value) or nova_rbd_pool
     glance_settings = GlanceConf()
     if glance_conf is not None:
         glance_settings = read_glance_conf(glance_conf.value)
@@ -420,4 +434,5 @@ def resolve(options: Mapping[str, object], environ: Mapping[str, str] | None = N
         rbd_user=ceph("rbd_user", "rbd_store_user", DEFAULT_RBD_USER),
         rbd_pool=ceph("rbd_pool", "rbd_store_pool", DEFAULT_RBD_POOL),
         rbd_store_id=glance_settings.rbd_store_id,
+        nova_rbd_pool=nova_rbd_pool,
     )

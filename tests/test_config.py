@@ -298,3 +298,14 @@ def test_rbd_client_settings_follow_the_precedence(
     assert resolve({"glance_conf": conf, "config": ini}, environ={}).rbd_pool == Value(
         "ini-pool", f"{ini} [recover] rbd_pool"
     )
+
+
+def test_nova_rbd_pool_comes_from_nova_conf_when_its_disks_are_rbd(tmp_path: Path) -> None:
+    """Where the inventory counts the clones of Glance's images (issue 11 item 4)."""
+    assert resolve({}, environ={}).nova_rbd_pool == "vms"
+    rbd = write(tmp_path / "rbd.conf", "[libvirt]\nimages_type = rbd\nimages_rbd_pool = ephem\n")
+    assert resolve({"nova_conf": rbd}, environ={}).nova_rbd_pool == "ephem"
+    unset = write(tmp_path / "unset.conf", "[libvirt]\nimages_type = rbd\n")
+    assert resolve({"nova_conf": unset}, environ={}).nova_rbd_pool == "rbd"  # nova's default
+    qcow2 = write(tmp_path / "qcow2.conf", "[libvirt]\nimages_type = qcow2\n")
+    assert resolve({"nova_conf": qcow2}, environ={}).nova_rbd_pool == "vms"

@@ -75,11 +75,6 @@ def survey(ceph: CephClient, pool: str) -> dict[str, str]:
     return states
 
 
-#: Nova's ``[libvirt] images_rbd_pool`` as deployments set it (nova/conf/libvirt.py defaults
-#: to ``rbd``; ceph-rbd.md §2): where the clones of Glance's images live.
-NOVA_POOL = "vms"
-
-
 def inventory_facts(
     settings: Settings, locations: dict[str, list[tuple[str, str | None]]], image_ids: list[str]
 ) -> dict[str, dict[str, Any]]:
@@ -88,7 +83,8 @@ def inventory_facts(
     ``locations``: each image's location rows, newest first, ``(value, meta_data)``. An
     image lived in RBD when its newest ``rbd://``/``file://`` row is ``rbd://``, or it has
     neither and Glance's default store is RBD. Bounded: one ``rbd ls -l`` and one ``rbd
-    trash ls`` per pool, one ``rbd ls -l`` of Nova's pool, whatever the number of images.
+    trash ls`` per pool, one ``rbd ls -l`` of Nova's pool (``settings.nova_rbd_pool``),
+    whatever the number of images.
     ``children`` is None when the user cannot read Nova's pool (Glance's usual caps);
     ``state`` is None (with ``error``) when Ceph cannot be asked.
     """
@@ -108,7 +104,7 @@ def inventory_facts(
             surveys[pool] = exc.message
     children: dict[tuple[str, str], int] | None
     try:
-        clones = ceph.clones(NOVA_POOL)
+        clones = ceph.clones(settings.nova_rbd_pool)
     except RecoverError:
         children = None
     else:
