@@ -26,6 +26,7 @@ from recover.db.engine import describe_db_error
 from recover.errors import ExitCode, PartialScanError, RecoverError
 from recover.plan import Plan, render_sql
 from recover.secrets import remember_secret, scrub
+from recover.text import printable
 from recover.write import (
     Confirm,
     Outcome,
@@ -475,6 +476,12 @@ def image(
     image's, and a raw image's _base must be its upload byte for byte (size and md5);
     --accept-new-bytes overrides that, and the report then says the bytes are NEW.
 
+    An image whose location was rbd:// (or, with no location, of a Glance whose
+    default store is RBD) comes back in Ceph: <pool>/<id>@snap intact -> rows
+    only; in the RBD trash -> restored, snap re-created and protected; snap
+    missing -> re-created and protected; gone -> rebuilt from the source with
+    rbd import. The bytes of <pool>/<id>@snap are read back before COMMIT.
+
     \b
     Examples:
       recover --config /etc/recover.ini image b3986e99-1988-43bb-b47c-0b34438bc189 \\
@@ -548,6 +555,12 @@ def undo(app: AppContext, journal_file: Path, dry_run: bool, yes: bool, fmt: str
     """
     plan = plan_undo(app.settings, journal_file)
     store_dir = app.settings.image_dirs()  # filesystem_store_datadirs: any of them
+    plan.notes += [  # shown by --dry-run beside the SQL
+        f"after COMMIT, reverse RBD step {printable(str(e['rbd']))} on "
+        f"{printable(str(e.get('pool')))}/{printable(str(e.get('image')))} if its effect is there"
+        for e in reversed(plan.files)
+        if "rbd" in e and not e.get("reversed")
+    ]
     try:
         if not plan.changes:
             _clean_up_after_interrupted_run(app.settings, plan, journal_file, store_dir, dry_run)

@@ -152,6 +152,12 @@ def test_clone_v2_trash_comes_back_with_its_original_checksum_then_undo(
     checks = verify_ok(glance_api_rbd, image_id)
     assert checks["snap"] and checks["fsid"] and checks["checksum"] and checks["sha512"]
 
+    undo_dry = run(glance_api_rbd, "undo", journal_of(done), "--dry-run")
+    assert undo_dry.exit_code == 0, undo_dry.output
+    assert (
+        f"-- after COMMIT, reverse RBD step restore on images/{image_id} if its effect is there"
+        in undo_dry.stdout
+    )
     undo = run(glance_api_rbd, "undo", journal_of(done), "--yes")
     assert undo.exit_code == 0, undo.output
     assert rows(glance_api_rbd, image_id) == deleted_rows
@@ -492,3 +498,25 @@ def test_kill_after_the_import_then_undo_removes_the_imported_image(
     assert undo.exit_code == 0, undo.output
     assert f"RBD: removed images/{image_id}, which the interrupted run had done." in undo.stdout
     assert (rows(glance_api_rbd, image_id), ceph_cluster.listing()) == (deleted_rows, deleted_ceph)
+
+
+def test_via_api_still_lets_glance_write_its_rbd_store(
+    glance_api_rbd: GlanceApi, ceph_cluster: CephCluster, tmp_path: Path
+) -> None:
+    """--via-api: Glance's own driver writes <pool>/<id>@snap; recover only queues the row."""
+    data = image_bytes(EIGHT_MIB // 8 + 2048, 55)
+    image_id = create_image(glance_api_rbd.client(), data, "raw", name="rbd-via-api")
+    glance_api_rbd.client().images.delete(image_id)
+    base = tmp_path / "base"
+    base.write_bytes(data)
+    done = run(glance_api_rbd, "image", image_id, "--base-file", str(base), "--via-api", "--yes",
+               endpoint=True)  # fmt: skip
+    assert done.exit_code == 0, done.output
+    md5, sha512 = hashes(data)
+    assert rows(glance_api_rbd, image_id)["image"] == [
+        {"status": "active", "deleted": 0, "checksum": md5, "size": len(data),
+         "os_hash_value": sha512}
+    ]  # fmt: skip
+    assert user_snaps(ceph(ceph_cluster), image_id) == [(SNAP_NAME, True)]
+    checks = verify_ok(glance_api_rbd, image_id)
+    assert checks["snap"] and checks["fsid"]
