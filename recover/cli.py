@@ -155,6 +155,24 @@ def _env_help(name: str) -> str:
     help="inventory: a cell that has not answered within SECS is reported unreachable "
     "(default 60, as nova's CELL_TIMEOUT)." + _env_help("cell_timeout"),
 )
+@click.option(
+    "--ceph-conf",
+    metavar="PATH",
+    help="ceph.conf of Glance's RBD store (default: glance-api.conf's rbd_store_ceph_conf, "
+    "else /etc/ceph/ceph.conf)." + _env_help("ceph_conf"),
+)
+@click.option(
+    "--rbd-user",
+    metavar="ID",
+    help="Ceph client id whose keyring ceph.conf finds (default: rbd_store_user, else "
+    "glance); the key is never printed." + _env_help("rbd_user"),
+)
+@click.option(
+    "--rbd-pool",
+    metavar="POOL",
+    help="RBD pool of Glance's images (default: rbd_store_pool, else images)."
+    + _env_help("rbd_pool"),
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, **options: Any) -> None:
@@ -466,6 +484,12 @@ def image(
     image's, and a raw image's _base must be its upload byte for byte (size and md5);
     --accept-new-bytes overrides that, and the report then says the bytes are NEW.
 
+    An image whose location was rbd:// (or, with no location, of a Glance whose
+    default store is RBD) comes back in Ceph: <pool>/<id>@snap intact -> rows
+    only; in the RBD trash -> restored, snap re-created and protected; snap
+    missing -> re-created and protected; gone -> rebuilt from the source with
+    rbd import. The bytes of <pool>/<id>@snap are read back before COMMIT.
+
     \b
     Examples:
       recover --config /etc/recover.ini image b3986e99-1988-43bb-b47c-0b34438bc189 \\
@@ -539,9 +563,15 @@ def undo(app: AppContext, journal_file: Path, dry_run: bool, yes: bool, fmt: str
     """
     plan = plan_undo(app.settings, journal_file)
     store_dir = app.settings.image_dirs()  # filesystem_store_datadirs: any of them
+    plan.notes += [  # shown by --dry-run beside the SQL
+        f"after COMMIT, reverse RBD step {printable(str(e['rbd']))} on "
+        f"{printable(str(e.get('pool')))}/{printable(str(e.get('image')))} if its effect is there"
+        for e in reversed(plan.files)
+        if "rbd" in e and not e.get("reversed")
+    ]
     try:
         if not plan.changes:
-            _clean_up_after_interrupted_run(plan, journal_file, store_dir, dry_run)
+            _clean_up_after_interrupted_run(app.settings, plan, journal_file, store_dir, dry_run)
             return
         outcome = execute(plan, dry_run=dry_run, yes=yes, command=_command_line(),
                           confirm=_confirm_on_terminal())  # fmt: skip
@@ -550,6 +580,7 @@ def undo(app: AppContext, journal_file: Path, dry_run: bool, yes: bool, fmt: str
             for problem in problems:
                 warn(problem)
             outcome.extra["removed_files"] = removed
+            _undo_rbd(app.settings, plan, outcome.extra)
             mark_undone(journal_file, outcome.journal)
     finally:
         plan.db.dispose()
@@ -557,12 +588,20 @@ def undo(app: AppContext, journal_file: Path, dry_run: bool, yes: bool, fmt: str
 
 
 def _clean_up_after_interrupted_run(
-    plan: Plan, journal_file: Path, store_dir: str | tuple[str, ...], dry_run: bool
+    settings: Settings,
+    plan: Plan,
+    journal_file: Path,
+    store_dir: str | tuple[str, ...],
+    dry_run: bool,
 ) -> None:
     """The journaled run never committed: its rows are untouched; remove a file it placed."""
     click.echo(f"Nothing to undo in the database: {journal_file} never committed.")
     if dry_run:
         for entry in plan.files:
+            if "rbd" in entry:
+                click.echo(f"Would reverse RBD step {entry['rbd']} on {entry.get('pool')}/"
+                           f"{entry.get('image')} if the interrupted run did it.")  # fmt: skip
+                continue
             click.echo(f"Would remove {entry.get('path')} if it is still the file that run placed.")
         return
     removed, problems = remove_created_files(plan, store_dir)
@@ -570,7 +609,23 @@ def _clean_up_after_interrupted_run(
         warn(problem)
     for path in removed:
         click.echo(f"Removed {path}, which the interrupted run had placed.")
+    extra: dict[str, Any] = {}
+    _undo_rbd(settings, plan, extra)
+    for what in extra.get("rbd_reversed", []):
+        click.echo(f"RBD: {what}, which the interrupted run had done.")
     mark_undone(journal_file, None, status="rolled-back")
+
+
+def _undo_rbd(settings: Settings, plan: Plan, extra: dict[str, Any]) -> None:
+    """Reverse the RBD steps the journal recorded (the trash restore, the import, ``snap``)."""
+    if not any("rbd" in entry for entry in plan.files):
+        return
+    from recover.images.stores.rbd import undo_steps
+
+    done, problems = undo_steps(settings, plan)
+    for problem in problems:
+        warn(problem)
+    extra["rbd_reversed"] = done
 
 
 @cli.command("rbd-features")

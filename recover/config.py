@@ -23,6 +23,12 @@ DEFAULT_STORE_DIR = "/var/lib/glance/images"
 DEFAULT_INSTANCES_PATH = "/var/lib/nova/instances"
 #: Seconds a cell may take to answer (nova ``nova/context.py`` ``CELL_TIMEOUT``).
 DEFAULT_CELL_TIMEOUT = 60.0
+#: glance_store ``_drivers/rbd.py`` defaults: ``rbd_store_ceph_conf`` (empty = librados'
+#: default, /etc/ceph/ceph.conf), ``rbd_store_user`` (None; deployments use ``glance``),
+#: ``rbd_store_pool`` (``DEFAULT_POOL = 'images'``).
+DEFAULT_CEPH_CONF = "/etc/ceph/ceph.conf"
+DEFAULT_RBD_USER = "glance"
+DEFAULT_RBD_POOL = "images"
 CONFIG_SECTION = "recover"
 
 #: option name -> environment variable. Every global option has one.
@@ -37,6 +43,9 @@ ENV_VARS: dict[str, str] = {
     "glance_endpoint": "RECOVER_GLANCE_ENDPOINT",
     "os_token": "RECOVER_OS_TOKEN",
     "cell_timeout": "RECOVER_CELL_TIMEOUT",
+    "ceph_conf": "RECOVER_CEPH_CONF",
+    "rbd_user": "RECOVER_RBD_USER",
+    "rbd_pool": "RECOVER_RBD_POOL",
 }
 
 #: keys accepted in the ``[recover]`` section of ``--config``.
@@ -77,6 +86,15 @@ class Settings:
     os_token: Value | None = None
     #: ``--cell-timeout``: a cell that has not answered by then is reported unreachable.
     cell_timeout: float = DEFAULT_CELL_TIMEOUT
+    #: The Ceph client of Glance's RBD store (PRODUCT.md "Ceph RBD stores").
+    ceph_conf: Value = field(default_factory=lambda: Value(DEFAULT_CEPH_CONF, "default"))
+    rbd_user: Value = field(default_factory=lambda: Value(DEFAULT_RBD_USER, "default"))
+    rbd_pool: Value = field(default_factory=lambda: Value(DEFAULT_RBD_POOL, "default"))
+    #: Multi-store: the backend id of the RBD store (``enabled_backends = ceph:rbd``).
+    rbd_store_id: str | None = None
+    #: Nova's RBD pool (nova.conf ``[libvirt] images_rbd_pool`` when ``images_type = rbd``),
+    #: where the clones of Glance's images are: ``vms`` as deployments name it.
+    nova_rbd_pool: str = "vms"
 
     def cell_urls(self) -> tuple[Value, ...]:
         """The cell databases to scan when discovery through the API database is not used."""
@@ -151,6 +169,11 @@ class GlanceConf:
     #: Multi-store: every ``file`` backend and its datadirs.
     file_stores: tuple[tuple[str, tuple[str, ...]], ...] = ()
     hashing_algorithm: str | None = None
+    #: The RBD store's ``rbd_store_ceph_conf``/``rbd_store_user``/``rbd_store_pool`` and,
+    #: multi-store, its backend id; with the section they were read from.
+    rbd: dict[str, str] = field(default_factory=dict)
+    rbd_section: str = "glance_store"
+    rbd_store_id: str | None = None
 
 
 def _datadirs(parser: configparser.RawConfigParser, section: str) -> tuple[str, ...]:
@@ -228,6 +251,7 @@ def read_glance_conf(path: str) -> GlanceConf:
     store_id = None
     kind: str | None
     file_stores: list[tuple[str, tuple[str, ...]]] = []
+    rbd_section, rbd_store_id = "glance_store", None
     backends = _get(parser, "DEFAULT", "enabled_backends")
     if backends:
         kinds: dict[str, str] = {}
@@ -241,6 +265,11 @@ def read_glance_conf(path: str) -> GlanceConf:
         for name, backend_kind in kinds.items():
             if backend_kind == "file":
                 file_stores.append((name, _datadirs(parser, name)))
+        # The RBD backend: the default one if it is RBD, else the first listed.
+        rbds = [name for name, backend_kind in kinds.items() if backend_kind == "rbd"]
+        if rbds:
+            rbd_store_id = default if default in rbds else rbds[0]
+            rbd_section = rbd_store_id
         if kind == "file":
             store_id = default
             store_dirs = dict(file_stores)[default] if default else ()
@@ -258,6 +287,13 @@ def read_glance_conf(path: str) -> GlanceConf:
         store_kind=kind,
         file_stores=tuple(file_stores),
         hashing_algorithm=_get(parser, "DEFAULT", "hashing_algorithm"),
+        rbd={
+            key: value
+            for key in ("rbd_store_ceph_conf", "rbd_store_user", "rbd_store_pool")
+            if (value := _get(parser, rbd_section, key)) is not None
+        },
+        rbd_section=rbd_section,
+        rbd_store_id=rbd_store_id,
     )
 
 
@@ -281,6 +317,15 @@ def _cell_timeout(value: Value | None) -> float:
             hint="give the seconds a cell may take to answer, e.g. 60 (more than 0, at most 86400)",
         )
     return seconds
+
+
+def read_nova_rbd_pool(path: str) -> str | None:
+    """``[libvirt] images_rbd_pool`` of nova.conf when its disks are RBD (``images_type =
+    rbd``; the option's default is ``rbd``, nova/conf/libvirt.py), else None."""
+    parser = _read_ini(path, "nova config")
+    if (_get(parser, "libvirt", "images_type") or "").lower() != "rbd":
+        return None
+    return _get(parser, "libvirt", "images_rbd_pool") or "rbd"
 
 
 def resolve(options: Mapping[str, object], environ: Mapping[str, str] | None = None) -> Settings:
@@ -328,8 +373,10 @@ def resolve(options: Mapping[str, object], environ: Mapping[str, str] | None = N
     nova_conf = layered("nova_conf")
     glance_conf = layered("glance_conf")
     api_from_conf = cell_from_conf = None
+    nova_rbd_pool = "vms"
     if nova_conf is not None:
         api_from_conf, cell_from_conf = read_nova_conf(nova_conf.value)
+        nova_rbd_pool = read_nova_rbd_pool(nova_conf.value) or nova_rbd_pool
     glance_settings = GlanceConf()
     if glance_conf is not None:
         glance_settings = read_glance_conf(glance_conf.value)
@@ -378,6 +425,16 @@ def resolve(options: Mapping[str, object], environ: Mapping[str, str] | None = N
         store_dir = Value(DEFAULT_STORE_DIR, "default")
 
     os_token = layered("os_token")
+
+    def ceph(name: str, key: str, default: str) -> Value:
+        """flag > env > ini > glance-api.conf's RBD store section > default."""
+        if (value := layered(name)) is not None:
+            return value
+        if key in glance_settings.rbd and glance_conf is not None:
+            where = f"{glance_conf.value} [{glance_settings.rbd_section}] {key}"
+            return Value(glance_settings.rbd[key], where)
+        return Value(default, "default")
+
     for url in (nova_api_db, nova_conf_db, glance_db, *nova_dbs):
         if url is not None:
             remember_url_password(url.value)
@@ -398,4 +455,9 @@ def resolve(options: Mapping[str, object], environ: Mapping[str, str] | None = N
         hashing_algorithm=glance_settings.hashing_algorithm,
         glance_endpoint=layered("glance_endpoint"),
         os_token=os_token,
+        ceph_conf=ceph("ceph_conf", "rbd_store_ceph_conf", DEFAULT_CEPH_CONF),
+        rbd_user=ceph("rbd_user", "rbd_store_user", DEFAULT_RBD_USER),
+        rbd_pool=ceph("rbd_pool", "rbd_store_pool", DEFAULT_RBD_POOL),
+        rbd_store_id=glance_settings.rbd_store_id,
+        nova_rbd_pool=nova_rbd_pool,
     )

@@ -4,8 +4,9 @@ with SIGKILL when it reaches that point, exactly like ``kill -9`` at that moment
 Points: ``convert`` (qemu-img about to convert), ``staged`` (file complete under its
 temporary name), ``journaled`` (the journal is on disk, nothing else changed), ``placed``
 (image file in place, transaction not committed), ``in-transaction`` (statements executed,
-not committed), ``committed`` (committed, journal not yet marked). Unset in production: one
-dictionary look-up.
+not committed), ``committed`` (committed, journal not yet marked); on an RBD store, after
+each Ceph step (journal written, transaction open): ``rbd-restore``, ``rbd-import``,
+``rbd-snap-create``, ``rbd-snap-protect``. Unset in production: one dictionary look-up.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import os
 import signal
 
 ENV = "RECOVER_FAULT_POINT"
-POINTS = ("convert", "staged", "journaled", "placed", "in-transaction", "committed")
+POINTS = ("convert", "staged", "journaled", "placed", "in-transaction", "committed",
+          "rbd-restore", "rbd-import", "rbd-snap-create", "rbd-snap-protect")  # fmt: skip
 
 
 def point(name: str) -> None:

@@ -116,6 +116,27 @@ class GlanceReader:
                     counts[image_key(image_id)][key] = int(count)
         return {i: ChildCounts(**c) for i, c in counts.items()}
 
+    def location_values(
+        self, conn: Connection, image_ids: Iterable[str]
+    ) -> dict[str, list[tuple[str, str | None]]]:
+        """Each image's location rows (deleted ones too), newest first: ``(value, meta_data)``."""
+        ids = sorted({image_key(i) for i in image_ids})
+        found: dict[str, list[tuple[str, str | None]]] = {}
+        if not ids or not self.db.has_table("image_locations"):
+            return found
+        table = self.db.table("image_locations")
+        meta = table.c.meta_data if "meta_data" in table.c else None
+        columns = [table.c.image_id, table.c.value, *([meta] if meta is not None else [])]
+        for batch in chunks(ids):
+            rows = conn.execute(
+                select(*columns).where(table.c.image_id.in_(batch)).order_by(table.c.id.desc())
+            )
+            for row in rows:
+                found.setdefault(image_key(row[0]), []).append(
+                    (str(row[1] or ""), row[2] if meta is not None else None)
+                )
+        return found
+
     def snapshot_ids(self, conn: Connection, image_ids: Iterable[str]) -> set[str]:
         """Images nova made by snapshotting an instance (property ``image_type=snapshot``)."""
         ids = sorted({image_key(i) for i in image_ids})

@@ -26,6 +26,7 @@ from recover.db.engine import describe_db_error
 from recover.db.scatter import CellTimeout
 from recover.errors import DatabaseError
 from recover.glance import ChildCounts, GlanceReader
+from recover.images.sources.rbd import inventory_facts
 from recover.nova import (
     CellReader,
     FlavorBlobError,
@@ -144,6 +145,8 @@ class ImageOrphan:
     spellings: list[str] = field(default_factory=list)
     #: ``images.status`` as the row says it (``status`` is the contract's word for it).
     row_status: str | None = None
+    #: An image of an RBD store: ``{"pool", "state", "children"}`` (PRODUCT.md).
+    rbd: dict[str, Any] | None = None
 
     @property
     def base_file(self) -> str:
@@ -576,6 +579,8 @@ class _Scan:
         with self.glance.db.engine.connect() as conn:
             children = self.glance.deleted_children(conn, orphan_images)
             snapshots = self.glance.snapshot_ids(conn, orphan_images)
+            locations = self.glance.location_values(conn, orphan_images)
+        rbd = inventory_facts(self.settings, locations, sorted(orphan_images))
         images = []
         for image_id, status in orphan_images.items():
             row = rows.get(image_id)
@@ -599,6 +604,7 @@ class _Scan:
                 snapshot=image_id in snapshots,
                 store_file=self._store_file(image_id),
                 children=children.get(image_id, ChildCounts()),
+                rbd=rbd.get(image_id),
             )
             image.recover, image.note = _image_suggestion(image)
             if image.recover and image.row_status == "deactivated":
@@ -704,6 +710,13 @@ def never_ran_apart(orphans: Iterable[Any]) -> list[Any]:
     return apart
 
 
+RBD_NOTES = {
+    "intact": "{pool}/<id>@snap is intact in Ceph: un-delete only",
+    "trash": "in the RBD trash of pool {pool}: restored, snap re-created and protected",
+    "snapshot-missing": "{pool}/<id> has no snap: re-created and protected",
+}
+
+
 def _image_suggestion(image: ImageOrphan) -> tuple[str | None, str | None]:
     quoted = shlex.quote(image.id)
     if image.never_ran and not image.instances:
@@ -715,6 +728,8 @@ def _image_suggestion(image: ImageOrphan) -> tuple[str | None, str | None]:
         return None, "the images row was purged; recover cannot re-create it under the same id"
     if image.store_file:
         return f"recover image {quoted}", "the store still holds the data: un-delete only"
+    if image.rbd is not None and image.rbd.get("state") in RBD_NOTES:
+        return f"recover image {quoted}", RBD_NOTES[image.rbd["state"]].format(**image.rbd)
     if image.hosts:
         return (
             f"recover image {quoted} --from-host {shlex.quote(image.hosts[0])}",

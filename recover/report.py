@@ -85,6 +85,8 @@ def image_dict(orphan: ImageOrphan) -> dict[str, Any]:
         "note": orphan.note,
         "never_ran": [i.uuid for i in orphan.never_ran],
         "row_status": orphan.row_status,
+        # Only for an image of an RBD store (PRODUCT.md "Ceph RBD stores").
+        **({"rbd": orphan.rbd} if orphan.rbd is not None else {}),
     }
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from recover.config import DEFAULT_STORE_DIR, read_glance_conf, resolve
+from recover.config import DEFAULT_STORE_DIR, Value, read_glance_conf, resolve
 from recover.errors import ConfigError
 from recover.secrets import mask_url, scrub
 
@@ -247,3 +247,65 @@ def test_default_store_of_type_rbd_is_known(tmp_path: Path, text: str) -> None:
     assert (glance.store_kind, glance.store_dir, glance.store_id) == ("rbd", None, None)
     settings = resolve({"glance_conf": conf}, environ={})
     assert (settings.glance_store_kind, settings.store_dir.source) == ("rbd", "default")
+
+
+@pytest.mark.parametrize(
+    ("text", "section", "store_id"),
+    [
+        (
+            "[glance_store]\nstores = rbd\ndefault_store = rbd\nrbd_store_pool = gl-images\n"
+            "rbd_store_user = glance-c\nrbd_store_ceph_conf = /etc/ceph/c.conf\n",
+            "glance_store",
+            None,
+        ),
+        (
+            "[DEFAULT]\nenabled_backends = fs:file, ceph:rbd\n[glance_store]\ndefault_backend = fs\n"
+            "[fs]\nfilesystem_store_datadir = /x\n[ceph]\nrbd_store_pool = gl-images\n"
+            "rbd_store_user = glance-c\nrbd_store_ceph_conf = /etc/ceph/c.conf\n",
+            "ceph",
+            "ceph",
+        ),
+    ],
+    ids=["single-store", "multi-store"],
+)
+def test_rbd_client_settings_follow_the_precedence(
+    tmp_path: Path, text: str, section: str, store_id: str | None
+) -> None:
+    """Issue 11 item 1: --ceph-conf/--rbd-user/--rbd-pool: flag > env > ini > glance-api.conf's
+    RBD store section ([glance_store], or the rbd backend's own section) > defaults."""
+    conf = write(tmp_path / "glance-api.conf", text)
+    ini = write(tmp_path / "recover.ini", "[recover]\nrbd_pool = ini-pool\n")
+    defaults = resolve({}, environ={})
+    assert (defaults.ceph_conf.value, defaults.rbd_user.value, defaults.rbd_pool.value) == (
+        "/etc/ceph/ceph.conf", "glance", "images",
+    )  # fmt: skip
+    settings = resolve({"glance_conf": conf}, environ={})
+    assert (settings.ceph_conf, settings.rbd_user, settings.rbd_pool) == (
+        Value("/etc/ceph/c.conf", f"{conf} [{section}] rbd_store_ceph_conf"),
+        Value("glance-c", f"{conf} [{section}] rbd_store_user"),
+        Value("gl-images", f"{conf} [{section}] rbd_store_pool"),
+    )
+    assert settings.rbd_store_id == store_id
+    layered = resolve(
+        {"glance_conf": conf, "config": ini, "ceph_conf": "/flag.conf"},
+        environ={"RECOVER_RBD_USER": "env-user", "RECOVER_RBD_POOL": "env-pool"},
+    )
+    assert (layered.ceph_conf, layered.rbd_user, layered.rbd_pool) == (
+        Value("/flag.conf", "--ceph-conf"),
+        Value("env-user", "RECOVER_RBD_USER"),
+        Value("env-pool", "RECOVER_RBD_POOL"),
+    )
+    assert resolve({"glance_conf": conf, "config": ini}, environ={}).rbd_pool == Value(
+        "ini-pool", f"{ini} [recover] rbd_pool"
+    )
+
+
+def test_nova_rbd_pool_comes_from_nova_conf_when_its_disks_are_rbd(tmp_path: Path) -> None:
+    """Where the inventory counts the clones of Glance's images (issue 11 item 4)."""
+    assert resolve({}, environ={}).nova_rbd_pool == "vms"
+    rbd = write(tmp_path / "rbd.conf", "[libvirt]\nimages_type = rbd\nimages_rbd_pool = ephem\n")
+    assert resolve({"nova_conf": rbd}, environ={}).nova_rbd_pool == "ephem"
+    unset = write(tmp_path / "unset.conf", "[libvirt]\nimages_type = rbd\n")
+    assert resolve({"nova_conf": unset}, environ={}).nova_rbd_pool == "rbd"  # nova's default
+    qcow2 = write(tmp_path / "qcow2.conf", "[libvirt]\nimages_type = qcow2\n")
+    assert resolve({"nova_conf": qcow2}, environ={}).nova_rbd_pool == "vms"

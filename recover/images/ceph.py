@@ -592,6 +592,11 @@ class CephClient:
             for item in data or ()
         ]
 
+    def long_listing(self, pool: str) -> list[dict[str, Any]]:
+        """``rbd ls -l``: one row per image, and one per image snapshot (with ``snapshot``)."""
+        data = self._json(RBD, ["ls", "--long", "--pool", check_pool(pool)], f"ls -l {pool}")
+        return [item for item in data or () if isinstance(item, dict)]
+
     def clones(self, pool: str) -> list[RbdClone]:
         """The images of ``pool`` that are clones, with their parents (``rbd ls -l``).
 

@@ -74,6 +74,7 @@ def image_plan(
     image: Row,
     *,
     location_uri: str,
+    location_kind: str = "file",
     new_data: NewData | PendingData | None,
     store_id: str | None,
     now: datetime,
@@ -117,7 +118,7 @@ def image_plan(
     with db.engine.connect() as conn:
         if not queued_for_upload:
             location, location_notes = _location(
-                conn, glance, image, location_uri, store_id, store_dirs, now
+                conn, glance, image, location_uri, store_id, store_dirs, now, location_kind
             )
             changes.append(location)
         for table_name, window in (
@@ -185,6 +186,7 @@ def _location(
     store_id: str | None,
     store_dirs: tuple[str, ...],
     now: datetime,
+    kind: str = "file",
 ) -> tuple[RowChange, list[str]]:
     """The newest location row of the store the file is placed in, back to active at
     ``uri`` with that store's id; a new row when the image had none in that store.
@@ -202,8 +204,8 @@ def _location(
             select(t).where(t.c.image_id == image["id"]).order_by(t.c.id.desc())
         ).mappings()
     ]
-    ours = [r for r in rows if _in_store(r, store_id, store_dirs)]
-    others = [r for r in rows if not _in_store(r, store_id, store_dirs)]
+    ours = [r for r in rows if _in_store(r, store_id, store_dirs, kind)]
+    others = [r for r in rows if not _in_store(r, store_id, store_dirs, kind)]
     notes = []
     if others:
         described = ", ".join(
@@ -224,7 +226,11 @@ def _location(
             "meta_data": meta,
             "status": "active",
         }
-        where = f" of store {store_id!r}" if store_id else " in the filesystem store"
+        where = (
+            f" of store {store_id!r}"
+            if store_id
+            else (" in the RBD store" if kind == "rbd" else " in the filesystem store")
+        )
         if rows:
             notes.append(f"the image had no location{where}: a new location row {next_id}")
         return RowChange("image_locations", {"id": next_id}, before=None, after=row), notes
@@ -254,14 +260,21 @@ def _file_path(value: str | None) -> PurePosixPath | None:
     return PurePosixPath(unquote(parsed.path))
 
 
-def _in_store(row: Row, store_id: str | None, store_dirs: tuple[str, ...]) -> bool:
+def _in_store(
+    row: Row, store_id: str | None, store_dirs: tuple[str, ...], kind: str = "file"
+) -> bool:
     """Is this location row one of the store the file goes to?
 
     Multi-store: its ``meta_data["store"]``; a row without one (written before
     ``enabled_backends``) by its URL, as Glance back-fills it (glance 33
     ``glance/common/store_utils.py`` ``update_store_in_locations``). Single store:
-    any ``file://`` row, the only filesystem store there is.
+    any ``file://`` row, the only filesystem store there is. An RBD store: its
+    ``rbd://`` rows, the same way.
     """
+    if kind == "rbd":
+        is_rbd = urlparse(row.get("value") or "").scheme == "rbd"
+        stored = _meta(row.get("meta_data")).get("store") if store_id is not None else None
+        return bool(stored == store_id) if stored is not None else is_rbd
     path = _file_path(row.get("value"))
     if store_id is None:
         return path is not None

@@ -23,10 +23,12 @@ from recover.config import Settings
 from recover.db.cloud import open_glance
 from recover.errors import NotFoundError
 from recover.images import api, qemu
+from recover.images.ceph import CephNameError, CephNotFoundError, parse_location
 from recover.images.digest import DEFAULT_ALGO, Digests, hash_file
 from recover.images.recovery import WRITABLE, validate_uuid
 from recover.images.rows import restored_status
 from recover.images.store import is_store_file
+from recover.images.stores.rbd import client as rbd_client
 from recover.text import printable
 
 
@@ -94,6 +96,9 @@ def verify_image(settings: Settings, image_id: str) -> Verification:
         return _with_api(result, settings, None) if use_api else result
     # The newest filesystem location (an image may also keep an http or rbd one).
     location = next((r for r in reversed(live) if _path_of(r["value"]) is not None), live[-1])
+    if str(location["value"] or "").startswith("rbd://"):
+        digests = _verify_rbd(result, settings, dict(row), str(location["value"]))
+        return _with_api(result, settings, digests) if use_api else result
     path = _path_of(location["value"])
     if path is None:
         result.add("file", False, f"{printable(location['value'])} is not a filesystem location")
@@ -125,6 +130,51 @@ def verify_image(settings: Settings, image_id: str) -> Verification:
         found = qemu.info(path).format
         result.add("disk_format", found == expected, f"row {row['disk_format']}, data {found}")
     return _with_api(result, settings, digests) if use_api else result
+
+
+def _verify_rbd(
+    result: Verification, settings: Settings, row: dict[str, Any], uri: str
+) -> Digests | None:
+    """An image in an RBD store (PRODUCT.md "Ceph RBD stores"): its location names this
+    cluster (never the all-zero fsid), ``<pool>/<id>@snap`` exists and is protected (Nova
+    clones it, glance_store deletes it by unprotecting), and its bytes are the row's."""
+    try:
+        location = parse_location(uri)
+    except CephNameError as exc:
+        # No data to check at all: the same failure as any location that names no file.
+        result.add("file", False, f"{printable(uri)} is not a filesystem location, nor an "
+                   f"RBD one Glance can read ({exc.message})")  # fmt: skip
+        return None
+    if location.pool is None or location.fsid is None or location.snapshot is None:
+        result.add("location", False, f"{printable(uri)} has no fsid/pool/snapshot: Nova "
+                   "cannot clone it (nova/storage/rbd_utils.py parse_url)")  # fmt: skip
+        return None
+    ceph = rbd_client(settings)
+    fsid = ceph.fsid()
+    result.add("fsid", location.fsid == fsid,
+               f"location {location.fsid}, cluster {fsid}")  # fmt: skip
+    spec = f"{location.pool}/{location.image}@{location.snapshot}"
+    try:
+        snaps = ceph.snaps(location.pool, location.image)
+    except CephNotFoundError:
+        result.add("snap", False, f"{location.pool}/{location.image} does not exist")
+        return None
+    ours = [s for s in snaps if s.namespace == "user" and s.name == location.snapshot]
+    protected = bool(ours and ours[0].protected)
+    state = "protected" if protected else ("not protected" if ours else "missing")
+    result.add("snap", protected, f"{spec} {state}")
+    if not ours:
+        return None
+    algo = row.get("os_hash_algo") or settings.hashing_algorithm or DEFAULT_ALGO
+    digests = ceph.export_digests(location.pool, location.image, location.snapshot, algo)
+    result.add("size", row["size"] == digests.size, f"row {row['size']}, {spec} {digests.size}")
+    if row.get("os_hash_value"):
+        shown = f"row {row['os_hash_value'][:16]}..., {spec} {digests.value[:16]}..."
+        result.add(algo, row["os_hash_value"] == digests.value, shown)
+    result.add(
+        "checksum", row["checksum"] == digests.md5, f"row {row['checksum']}, {spec} {digests.md5}"
+    )
+    return digests
 
 
 def _check_store_id(

@@ -1,0 +1,131 @@
+"""A copy of ``_base`` reached through a :class:`~recover.images.transport.Transport`.
+
+Shared by :mod:`.base_file` (local) and :mod:`.compute` (SSH): the file is
+checked with qemu-img where it is, converted on the node when it has
+qemu-img (only the compact image crosses the network), else brought once and
+checked and converted here.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+from recover import faults
+from recover.errors import RecoverError, RefusedError
+from recover.images import qemu
+from recover.images.digest import Digests, Progress, copy_hashing, hash_file
+from recover.images.rows import NewData
+from recover.images.rules import ImageRules
+from recover.images.store import Staged
+from recover.images.transport import LocalTransport, Transport
+
+#: Glance disk_format -> the qemu-img format that writes it (qemu calls VHD "vpc").
+WRITABLE = {
+    "raw": "raw",
+    "qcow2": "qcow2",
+    "vmdk": "vmdk",
+    "vdi": "vdi",
+    "vhd": "vpc",
+    "vhdx": "vhdx",
+}
+#: nova's fetch_to_raw writes these names while downloading/converting (nova/virt/images.py).
+IN_PROGRESS_SUFFIXES = (".part", ".converted")
+
+
+class TransportSource:
+    """``path`` on ``transport``: a whole, finished copy of the image, checked on creation."""
+
+    def __init__(self, transport: Transport, path: str, rules: ImageRules, image_id: str) -> None:
+        self.transport = transport
+        self.path = path
+        self.rules = rules
+        self.image_id = image_id
+        self.label = f"{path} on {transport.label}"
+        self.info = self._check()
+
+    def _check(self) -> qemu.ImageInfo | None:
+        """Refuse a source that is not a whole, finished copy of this image.
+
+        None when the node has no qemu-img: the bytes are then checked here on arrival.
+        """
+        if self.path.endswith(IN_PROGRESS_SUFFIXES):
+            raise RefusedError(
+                f"{self.path} is a file nova is still writing; use the finished _base file"
+            )
+        transport = self.transport
+        if not isinstance(transport, LocalTransport) and not transport.has_qemu_img():
+            return None
+        return self.rules.check_info(transport.qemu_img_info(self.path), self.label)
+
+    def describe(self, target_format: str) -> str:
+        shown = self.info.format if self.info is not None else "format checked on arrival"
+        return f"rebuild from {self.label} ({shown} -> {target_format})"
+
+    def produce(
+        self, staged: Staged, target_format: str, algo: str, progress: Progress | None
+    ) -> NewData:
+        target = WRITABLE[target_format]
+        transport, path, info = self.transport, self.path, self.info
+        if info is None:
+            digests = self._arrive_unchecked(staged, target, algo, progress)
+        elif info.format == target:
+            digests = self._copy(path, staged, algo, progress)
+        elif isinstance(transport, LocalTransport):
+            staged.close()
+            faults.point("convert")
+            qemu.convert(path, info.format, staged.path, target)
+            digests = hash_file(str(staged.path), algo, progress)
+        else:
+            digests = self._convert_remotely(staged, info, target, algo, progress)
+        checked = qemu.info(staged.path, target)
+        if checked.format != target:
+            raise RecoverError(f"the converted file is {checked.format}, not {target}")
+        return NewData(digests=digests, virtual_size=checked.virtual_size,
+                       disk_format=target_format)  # fmt: skip
+
+    def _copy(self, path: str, staged: Staged, algo: str, progress: Progress | None) -> Digests:
+        with self.transport.open_read(path) as stream:
+            return copy_hashing(stream, staged.fd, algo, progress)
+
+    def _convert_remotely(
+        self, staged: Staged, info: qemu.ImageInfo, target: str, algo: str,
+        progress: Progress | None,
+    ) -> Digests:  # fmt: skip
+        """Convert next to _base on the compute node: only the compact image crosses the network."""
+        transport, path = self.transport, self.path
+        directory = posixpath.dirname(path)
+        size = transport.stat_size(path) or info.virtual_size
+        if transport.free_bytes(directory) < size:
+            raise RecoverError(
+                f"not enough free space in {directory} on {transport.label} to convert "
+                f"({size} bytes needed)"
+            )
+        remote_tmp = posixpath.join(directory, f".recover-tmp-{self.image_id}.{target}")
+        try:
+            faults.point("convert")
+            transport.convert(path, info.format, remote_tmp, target)
+            return self._copy(remote_tmp, staged, algo, progress)
+        finally:
+            transport.remove(remote_tmp)
+
+    def _arrive_unchecked(
+        self, staged: Staged, target: str, algo: str, progress: Progress | None
+    ) -> Digests:
+        """No qemu-img on the node: bring the bytes once, check them here, convert here."""
+        digests = self._copy(self.path, staged, algo, progress)
+        where = f"{self.path} from {self.transport.label}"
+        info = self.rules.check_info(qemu.info(staged.path), where)
+        if info.format == target:
+            return digests
+        source = Staged(staged.store, f"{self.image_id}-src")
+        try:
+            source.close()
+            staged.close()
+            os.replace(staged.path, source.path)
+            # qemu-img keeps the mode of a file it overwrites: never world-readable meanwhile.
+            os.close(os.open(staged.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            qemu.convert(source.path, info.format, staged.path, target)
+        finally:
+            source.discard()
+        return hash_file(str(staged.path), algo, progress)
