@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -293,6 +294,28 @@ def test_partial_copy_of_a_raw_images_base_is_refused(
     assert mariadb_server.checksum("i_glance") == before
     assert store_listing(scenario.store) == listing
     assert not (tmp_path / "state" / "journal").exists()
+
+
+@pytest.mark.parametrize("virtual_size", ["exact", "null"])
+def test_raw_upload_of_an_odd_size_comes_back_whole(
+    make_db: MakeDb, tmp_path: Path, mariadb_server: Any, virtual_size: str
+) -> None:
+    """A raw upload of 64 MiB - 300 bytes: qemu-img calls its virtual size 64 MiB (whole
+    sectors), the row holds the byte count; the genuine _base is no partial copy."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, disk_format="raw")
+    odd = (64 << 20) - 300
+    shutil.copyfile(partial_copy(scenario.base, odd), scenario.base)
+    md5, sha, size = digests(scenario.base)
+    assert size == odd
+    mariadb_server.query(
+        f"UPDATE i_glance.images SET size = {odd}, checksum = '{md5}', os_hash_value = '{sha}', "
+        f"virtual_size = {odd if virtual_size == 'exact' else 'NULL'} WHERE id = '{SNAPSHOT}'"
+    )
+    result = run(scenario.args("image", SNAPSHOT, "--base-file", str(scenario.base), "--yes",
+                               "--format", "json"))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert assert_recovered(scenario, expect_format="raw") == (md5, sha, odd)
+    assert json.loads(result.stdout)["bytes"]["identical"] is True
 
 
 def test_raw_base_with_other_bytes_is_refused_naming_both_checksums(

@@ -18,6 +18,10 @@ from recover.images.rows import NewData
 #: converts only what qemu-img does not call raw (nova/virt/images.py fetch_to_raw), and
 #: treats iso and the AMI formats as raw (do_image_deep_inspection, nova 2024.1+).
 RAW_UPLOADS = ("raw", "iso", "ami", "ari", "aki")
+#: qemu-img reports a raw file's virtual size rounded up to whole 512-byte sectors (qemu-img
+#: info of a 1000-byte raw file: virtual-size 1024; a conversion keeps that size), while the row
+#: holds an odd-sized raw upload's byte count.
+SECTOR = 512
 NEW_BYTES_HINT = (
     "use a complete copy of the _base file; --accept-new-bytes stores these bytes anyway, "
     "reported as NEW data"
@@ -44,7 +48,10 @@ class ImageRules:
         # images are routinely smaller). The image's own size is the rule: converting between
         # formats keeps the virtual size exactly, so any other size is another disk.
         expected = self.expected_virtual_size()
-        if expected is not None and info.virtual_size != expected[0]:
+        if expected is not None and info.virtual_size not in (
+            expected[0],
+            -(-expected[0] // SECTOR) * SECTOR,
+        ):
             size, basis = expected
             what = (
                 "a partial copy (an scp or a download still running?)"
