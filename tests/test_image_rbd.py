@@ -520,3 +520,60 @@ def test_via_api_still_lets_glance_write_its_rbd_store(
     assert user_snaps(ceph(ceph_cluster), image_id) == [(SNAP_NAME, True)]
     checks = verify_ok(glance_api_rbd, image_id)
     assert checks["snap"] and checks["fsid"]
+
+
+def test_a_raw_base_file_is_imported_where_it_is_and_a_change_after_hashing_is_caught(
+    glance_api_rbd: GlanceApi, ceph_cluster: CephCluster, tmp_path: Path
+) -> None:
+    """A raw --base-file for a raw image is hashed where it is and `rbd import`ed from there:
+    no copy under the state directory (one pass less, no disk write of the whole image). The
+    read-back before COMMIT is what makes that safe: a file changed between the hashing and
+    the import is refused and everything put back."""
+    import hashlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = image_bytes(EIGHT_MIB + 512, 56)
+    image_id = create_image(glance_api_rbd.client(), data, "raw", name="rbd-in-place")
+    glance_api_rbd.client().images.delete(image_id)  # gone from Ceph: a rebuild
+    deleted_rows, deleted_ceph = rows(glance_api_rbd, image_id), ceph_cluster.listing()
+    base = tmp_path / "base"
+    base.write_bytes(data)
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS.values()}
+    env.update(RECOVER_STATE_DIR=str(state), RECOVER_FAULT_POINT="journaled:stop")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("recover")), "--glance-conf",
+         str(glance_api_rbd.conf_path), "image", image_id, "--base-file", str(base), "--yes"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        # Hashed, journaled, nothing imported yet: no copy of the bytes was made.
+        assert [p.stat().st_size for p in (state / "tmp").iterdir()] == [0]
+        changed = bytearray(data)
+        changed[EIGHT_MIB] ^= 0xFF
+        with base.open("r+b") as handle:
+            handle.seek(EIGHT_MIB)
+            handle.write(changed[EIGHT_MIB : EIGHT_MIB + 1])
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=300)
+    assert (proc.returncode, err) == (1, (
+        f"Error: the bytes read back from images/{image_id}@snap are not the ones written (md5 "
+        f"{hashlib.md5(changed).hexdigest()}, {len(data)} bytes; wrote "
+        f"{hashlib.md5(data).hexdigest()}, {len(data)} bytes); everything is put back\n"
+    )), out  # fmt: skip
+    assert (rows(glance_api_rbd, image_id), ceph_cluster.listing()) == (deleted_rows, deleted_ceph)
+    assert [p.stat().st_size for p in (state / "tmp").iterdir()] == []
+
+    base.write_bytes(data)
+    done = run(glance_api_rbd, "image", image_id, "--base-file", str(base), "--yes")
+    assert done.exit_code == 0, done.output
+    assert_back(glance_api_rbd, ceph_cluster, image_id, data)

@@ -153,11 +153,19 @@ def remove_stale(store: Path, image_id: str) -> list[Path]:
 
 
 class Staged:
-    """A temporary file in the store, created 0600 so nobody reads a half-written image."""
+    """A temporary file in the store, created 0600 so nobody reads a half-written image.
 
-    def __init__(self, store: Path, image_id: str) -> None:
+    ``by_reference``: the store only reads the bytes once (``rbd import``) and checks
+    what it then holds against the hashes before COMMIT, so a local file that already
+    is the image in the target format may be used where it is (:meth:`refer`) instead
+    of being copied here first; :attr:`data_path` is where the bytes are.
+    """
+
+    def __init__(self, store: Path, image_id: str, *, by_reference: bool = False) -> None:
         self.store = store
         self.image_id = image_id
+        self.by_reference = by_reference
+        self.source: Path | None = None
         self.path = store / f"{TMP_PREFIX}{image_id}-{os.getpid()}"
         try:
             self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -165,6 +173,17 @@ class Staged:
             raise RecoverError(
                 f"cannot create a file in the store {store}: {exc.strerror}"
             ) from None
+
+    @property
+    def data_path(self) -> Path:
+        """The file that holds the bytes: the one :meth:`refer` named, else :attr:`path`."""
+        return self.source if self.source is not None else self.path
+
+    def refer(self, source: Path) -> None:
+        """The bytes are ``source`` itself (never removed by :meth:`discard`)."""
+        if not self.by_reference:
+            raise ValueError("this store needs its own copy of the bytes")
+        self.source = source.absolute()
 
     def close(self) -> None:
         if self.fd >= 0:

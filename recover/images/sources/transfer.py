@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from pathlib import Path
 
 from recover import faults
 from recover.errors import RecoverError, RefusedError
@@ -69,6 +70,15 @@ class TransportSource:
         transport, path, info = self.transport, self.path, self.info
         if info is None:
             digests = self._arrive_unchecked(staged, target, algo, progress)
+        elif (
+            info.format == target and staged.by_reference and isinstance(transport, LocalTransport)
+        ):
+            # A store that only reads the bytes (rbd import): hash the local file where it
+            # is rather than copying it first (one pass over the data, no disk write). The
+            # store reads back what it then holds and compares it with these hashes before
+            # COMMIT, so a file that changes after this pass is caught there.
+            digests = hash_file(path, algo, progress)
+            staged.refer(Path(path))
         elif info.format == target:
             digests = self._copy(path, staged, algo, progress)
         elif isinstance(transport, LocalTransport):
@@ -78,7 +88,7 @@ class TransportSource:
             digests = hash_file(str(staged.path), algo, progress)
         else:
             digests = self._convert_remotely(staged, info, target, algo, progress)
-        checked = qemu.info(staged.path, target)
+        checked = qemu.info(staged.data_path, target)
         if checked.format != target:
             raise RecoverError(f"the converted file is {checked.format}, not {target}")
         return NewData(digests=digests, virtual_size=checked.virtual_size,

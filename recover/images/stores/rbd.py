@@ -147,7 +147,9 @@ class RbdStore:
     def staging(self) -> Iterator[Staged]:
         work = journal.journal_dir().parent / "tmp"
         work.mkdir(parents=True, exist_ok=True, mode=0o700)
-        staged = Staged(work, self.image_id)
+        # rbd import reads the bytes once and _read_back checks them: a local file
+        # that already is the image need not be copied here first.
+        staged = Staged(work, self.image_id, by_reference=True)
         try:
             yield staged
         finally:
@@ -205,7 +207,7 @@ class RbdStore:
             ceph.trash_restore(self.pool, step["trash_id"], self.image_id)
         elif kind == "import":
             assert staged is not None
-            ceph.import_image(self.pool, self.image_id, staged.path)
+            ceph.import_image(self.pool, self.image_id, staged.data_path)
         elif kind == "snap-create":
             ceph.snap_create(self.pool, self.image_id)
         elif kind == "snap-protect":
