@@ -211,16 +211,20 @@ class RbdBench:
 
     # --- import: the image gone from Ceph --------------------------------------------------
 
-    def recover_import_argv(self) -> list[str]:
-        return [*self.recover, "--glance-db", self.glance_url, "--ceph-conf", self.conf,
-                "--rbd-user", USER, "--rbd-pool", POOL, "image", IMPORT_ID,
+    def recover_import_argv(self, recover: list[str] | None = None) -> list[str]:
+        return [*(recover or self.recover), "--glance-db", self.glance_url,
+                "--ceph-conf", self.conf, "--rbd-user", USER, "--rbd-pool", POOL,
+                "image", IMPORT_ID,
                 "--base-file", str(self.base), "--yes"]  # fmt: skip
 
-    def recover_import(self, *, check: bool = False) -> Run:
+    def recover_import(
+        self, *, check: bool = False, recover: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Run:  # fmt: skip
         self.remove(IMPORT_ID)
         self.reset_rows(IMPORT_ID)
         os.sync()
-        result = measure(self.recover_import_argv(), env=self.env)
+        result = measure(self.recover_import_argv(recover), env=env or self.env)
         if check:
             self.check(IMPORT_ID)
         self.remove(IMPORT_ID)
@@ -229,7 +233,7 @@ class RbdBench:
     def manual_import_argvs(self) -> list[list[str]]:
         snap = f"{POOL}/{MANUAL_ID}@{SNAP}"
         return [
-            self.rbd_argv("import", *self.import_args(MANUAL_ID)),
+            self.import_argv(),
             ["md5sum", str(self.base)],
             ["sha512sum", str(self.base)],
             self.rbd_argv("snap", "create", snap),
@@ -247,6 +251,16 @@ class RbdBench:
             snaps = [(s["name"], s.get("protected")) for s in self.snaps(MANUAL_ID)]
             if snaps != [(SNAP, "true")]:
                 raise RuntimeError(f"{POOL}/{MANUAL_ID} after the manual import: {snaps}")
+        self.remove(MANUAL_ID)
+        return result
+
+    def import_argv(self) -> list[str]:
+        return self.rbd_argv("import", *self.import_args(MANUAL_ID))
+
+    def import_alone(self) -> Run:
+        self.remove(MANUAL_ID)
+        os.sync()
+        result = measure(self.import_argv(), env=self.env)
         self.remove(MANUAL_ID)
         return result
 
