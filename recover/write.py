@@ -171,6 +171,7 @@ def plan_undo(settings: Settings, path: Path) -> Plan:
     inverse.subject = {
         "kind": f"undo-{recorded.subject.get('kind', 'plan')}",
         "id": recorded.subject.get("id"),
+        "journal": str(path),  # a refusal names the journal being undone
     }
     if document.get("status") in ("applying", "rolled-back"):
         # The run died (or failed) before its commit: perhaps nothing happened in the database.
