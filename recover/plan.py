@@ -38,7 +38,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.sql import ClauseElement
 
-from recover import faults
+from recover import faults, signals
 from recover.db.engine import Database, describe_db_error
 from recover.errors import RecoverError, RefusedError
 from recover.text import printable
@@ -427,8 +427,13 @@ def _subject(plan: Plan) -> str:
     return f"{plan.title} (journal {journal})" if journal else plan.title
 
 
-def apply(plan: Plan, before_commit: Callable[[], None] = lambda: None) -> None:
-    """One transaction: lock, re-check, ``before_commit`` (the journal), DML, commit.
+def apply(
+    plan: Plan,
+    before_commit: Callable[[], None] = lambda: None,
+    after_commit: Callable[[], None] = lambda: None,
+) -> None:
+    """One transaction: lock, re-check, ``before_commit`` (the journal), DML, commit, then
+    ``after_commit`` (a Ctrl-C or SIGTERM during the COMMIT and this waits for both).
 
     Concurrent sessions: the loser either finds the rows changed (re-check),
     waits on the winner's row locks and then finds them changed, or gets a
@@ -447,6 +452,9 @@ def apply(plan: Plan, before_commit: Callable[[], None] = lambda: None) -> None:
                     # Asked inside the transaction: the plan's earlier rows are visible here.
                     raise _integrity_error(conn, plan, change, exc) from None
             faults.point("in-transaction")
+            with signals.deferred():
+                conn.commit()
+                after_commit()
     except IntegrityError as exc:
         raise ConcurrentChangeError(
             f"the database refused the change: {describe_db_error(exc)}",
