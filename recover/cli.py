@@ -70,6 +70,14 @@ _core_log = logging.getLogger("recover")
 if not any(isinstance(h, _NoteHandler) for h in _core_log.handlers):
     _core_log.addHandler(_NoteHandler(logging.WARNING))
     _core_log.propagate = False
+# SQLAlchemy's pool logs a failed ROLLBACK of a connection it gives up ("Exception during
+# reset or similar", and three tracebacks) through logging's last-resort handler, i.e. on
+# stderr: on a Galera node outside the primary component every query, ROLLBACK included,
+# fails with 1047, and the one-line refusal came out under a page of tracebacks. The
+# refusal says what happened; the connection is discarded, so the server rolls back.
+_sqlalchemy_log = logging.getLogger("sqlalchemy")
+if not _sqlalchemy_log.handlers:
+    _sqlalchemy_log.addHandler(logging.NullHandler())
 
 
 class RecoverGroup(click.Group):

@@ -606,3 +606,47 @@ def test_same_image_started_through_two_nodes_at_once(
             assert_image_new(world, node)
         assert sorted(journals(world).values()) in (["committed"], ["committed", "rolled-back"])
         assert sorted(p.name for p in world.store.iterdir()) == sorted([SNAPSHOT, OTHER_IMAGE])
+
+
+def test_node_that_stops_serving_inside_a_recovery_is_a_clean_refusal(
+    galera_cluster: GaleraCluster, tmp_path: Path
+) -> None:
+    """Node 3 stops serving queries (``wsrep_reject_queries = ALL``: what a node outside the
+    primary component answers, 1047) while a recovery through it holds its row locks: one
+    line naming the flavor and what to do, nothing changed anywhere, journal rolled back; a
+    re-run through node 1 finishes."""
+    cluster = galera_cluster
+    one, three = cluster.nodes[0], cluster.nodes[2]
+    deleted = Deleted(cluster, "legacy")
+    assert isinstance(deleted.cloud, Legacy)
+    proc = subprocess.Popen(
+        [RECOVER, *deleted.argv(three, "--yes")],
+        env={**env_for(tmp_path), "RECOVER_FAULT_POINT": "journaled:stop"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        try:
+            assert wait_until(lambda: proc.poll() is not None or stopped(proc.pid)), "no stop"
+            assert proc.poll() is None, proc.communicate()
+            three.query("SET GLOBAL wsrep_reject_queries = ALL")
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        three.query("SET GLOBAL wsrep_reject_queries = NONE")
+    title = f"recover flavor f0e1d2c3 (id {deleted.cloud.id}, {PRIVATE.name})"
+    assert (proc.returncode, out) == (1, ""), err
+    assert err == (
+        f"Error: {title}: the database node is not ready (1047: WSREP has not yet prepared node "
+        "for application use): a Galera node outside the cluster's primary part; nothing was "
+        "changed; run `recover inventory` through a node that is Synced, then re-run through "
+        "it\n"
+    )
+    tables = (*LEGACY_TABLES, *SHADOW_TABLES)
+    for node in cluster.nodes:
+        dump = dump_rows(node.synced_url(deleted.db))
+        assert {t: dump[t] for t in tables} == deleted.cloud.after_delete, node.name
+    assert journal_statuses(tmp_path) == ["rolled-back"]
+    again = run_recover(tmp_path, deleted.argv(one, "--yes"))
+    assert (again.returncode, again.stderr) == (0, committed_note(tmp_path)), again.stderr
+    deleted.assert_recovered_everywhere()
