@@ -126,10 +126,13 @@ def _read_your_writes(dbapi_connection: Any, record: Any) -> None:
     """
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute(
-            "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('wsrep_on', 'wsrep_provider')"
-        )
-        found = {str(name).lower(): str(value) for name, value in cursor.fetchall()}
+        try:
+            cursor.execute(
+                "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('wsrep_on', 'wsrep_provider')"
+            )
+            found = {str(name).lower(): str(value) for name, value in cursor.fetchall()}
+        except Exception:  # a server or proxy that will not say: treat it as no Galera node
+            found = {}
         galera = found.get("wsrep_on", "OFF").upper() == "ON" and found.get(
             "wsrep_provider", "none"
         ).lower() not in ("", "none")
