@@ -574,8 +574,21 @@ def undo(app: AppContext, journal_file: Path, dry_run: bool, yes: bool, fmt: str
         if not plan.changes:
             _clean_up_after_interrupted_run(plan, journal_file, store_dir, dry_run)
             return
-        outcome = execute(plan, dry_run=dry_run, yes=yes, command=_command_line(),
-                          confirm=_confirm_on_terminal())  # fmt: skip
+        try:
+            outcome = execute(plan, dry_run=dry_run, yes=yes, command=_command_line(),
+                              confirm=_confirm_on_terminal())  # fmt: skip
+        except (KeyboardInterrupt, signals.Terminated):
+            done = signals.committed()
+            if (
+                done is not None
+                and done[1] == plan.title
+                and _journal_status(done[0]) == ("committed")
+            ):
+                # Interrupted after the undo's COMMIT: finish it (the signals are blocked
+                # now), so the recovered file goes and the original journal says `undone`.
+                remove_created_files(plan, store_dir)
+                mark_undone(journal_file, done[0])
+            raise
         if outcome.status == "applied":
             removed, problems = remove_created_files(plan, store_dir)
             for problem in problems:

@@ -299,3 +299,25 @@ def test_a_signal_during_the_commit_waits_for_it_and_later_ones_are_ignored() ->
         for signum, handler in saved.items():
             signal.signal(signum, handler)
         signals.reset()
+
+
+@pytest.mark.parametrize(("signum", "code"), SIGNALS)
+def test_undo_signal_after_its_commit_finishes_the_undo(
+    world: World, mariadb_server: Any, signum: int, code: int
+) -> None:
+    """The undo of an image recovery is interrupted after its own COMMIT: the rows are old,
+    the recovered file is removed and the recovery's journal says ``undone`` all the same."""
+    before = mariadb_server.checksum(world.glance_db)
+    done = subprocess.run([RECOVER, *world.base_args("--yes")], env=world.env,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (recovery,) = world.journal_dir.glob("*.json")
+    exit_code, out, err = stop_and_signal(world.args("undo", str(recovery), "--yes"),
+                                          world.env, world.root, "committed", signum)  # fmt: skip
+    (undo_journal,) = [p for p in world.journal_dir.glob("*.json") if p != recovery]
+    assert (exit_code, out, err) == (code, "", committed_line(signum, undo_journal))
+    assert mariadb_server.checksum(world.glance_db) == before
+    assert not (world.store / SNAPSHOT).exists()
+    assert json.loads(recovery.read_text())["status"] == "undone"
+    assert json.loads(undo_journal.read_text())["status"] == "committed"
+    assert_no_litter(world)
