@@ -604,7 +604,7 @@ def test_node_that_stops_serving_inside_a_recovery_is_a_clean_refusal(
     assert isinstance(deleted.cloud, Legacy)
     proc = subprocess.Popen(
         [RECOVER, *deleted.argv(three, "--yes")],
-        env={**env_for(tmp_path), "RECOVER_FAULT_POINT": "journaled:stop"},
+        env={**process_env(tmp_path), "RECOVER_FAULT_POINT": "journaled:stop"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
