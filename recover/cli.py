@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from recover import __version__
+from recover import __version__, signals
 from recover.config import DEFAULT_INSTANCES_PATH, ENV_VARS, Settings, resolve
 from recover.db.engine import describe_db_error
 from recover.errors import ExitCode, PartialScanError, RecoverError
@@ -70,13 +71,28 @@ _core_log = logging.getLogger("recover")
 if not any(isinstance(h, _NoteHandler) for h in _core_log.handlers):
     _core_log.addHandler(_NoteHandler(logging.WARNING))
     _core_log.propagate = False
+# SQLAlchemy's pool logs a failed ROLLBACK of a connection it gives up ("Exception during
+# reset or similar", and three tracebacks) through logging's last-resort handler, i.e. on
+# stderr: on a Galera node outside the primary component every query, ROLLBACK included,
+# fails with 1047, and the one-line refusal came out under a page of tracebacks. The
+# refusal says what happened; the connection is discarded, so the server rolls back.
+_sqlalchemy_log = logging.getLogger("sqlalchemy")
+if not _sqlalchemy_log.handlers:
+    _sqlalchemy_log.addHandler(logging.NullHandler())
 
 
 class RecoverGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
+        signals.reset()
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (KeyboardInterrupt, signals.Terminated) as exc:
+            self._interrupted(ctx, exc)
+        except click.exceptions.Abort as exc:
+            if signals.received() is not None:  # Ctrl-C at the confirmation prompt
+                self._interrupted(ctx, exc)
+            raise
+        except (click.exceptions.Exit, click.ClickException):
             raise
         except RecoverError as exc:
             self._fail(ctx, exc, str(exc), exc.exit_code)
@@ -92,8 +108,32 @@ class RecoverGroup(click.Group):
             message = f"unexpected {type(exc).__name__}: {exc} (run with --debug for details)"
             self._fail(ctx, exc, message, ExitCode.FAILED)
 
+    @classmethod
+    def _interrupted(cls, ctx: click.Context, exc: BaseException) -> None:
+        """Ctrl-C or SIGTERM: the clean-up has run (``finally`` blocks, ``on_failure``, the
+        journal marked); say in one line which state the run left, exit 128 + signal."""
+        signum = signals.received()
+        if signum is None:  # a KeyboardInterrupt not raised by our handler (none installed)
+            signum = signal.SIGTERM if isinstance(exc, signals.Terminated) else signal.SIGINT
+        name = signal.Signals(signum).name
+        done = signals.committed()
+        if done is not None and _journal_status(done[0]) == "committed":
+            path, title = done
+            message = (
+                f"interrupted by {name} after the COMMIT: {title} is COMMITTED and stays "
+                f"(journal {path}); `recover undo {path}` reverses it"
+            )
+        else:
+            message = f"interrupted by {name}; nothing was changed"
+        cls._fail(ctx, exc, message, 128 + signum, checked=True)  # 130 SIGINT, 143 SIGTERM
+
     @staticmethod
-    def _fail(ctx: click.Context, exc: BaseException, message: str, code: int) -> None:
+    def _fail(
+        ctx: click.Context, exc: BaseException, message: str, code: int, checked: bool = False
+    ) -> None:
+        if not checked and signals.received() is not None:
+            # The clean-up after a Ctrl-C or SIGTERM failed: the signal still decides the exit.
+            RecoverGroup._interrupted(ctx, exc)
         obj = ctx.obj
         if isinstance(obj, AppContext) and obj.debug:
             click.echo(scrub("".join(traceback.format_exception(exc))), err=True, nl=False)
@@ -573,8 +613,21 @@ def undo(app: AppContext, journal_file: Path, dry_run: bool, yes: bool, fmt: str
         if not plan.changes:
             _clean_up_after_interrupted_run(app.settings, plan, journal_file, store_dir, dry_run)
             return
-        outcome = execute(plan, dry_run=dry_run, yes=yes, command=_command_line(),
-                          confirm=_confirm_on_terminal())  # fmt: skip
+        try:
+            outcome = execute(plan, dry_run=dry_run, yes=yes, command=_command_line(),
+                              confirm=_confirm_on_terminal())  # fmt: skip
+        except (KeyboardInterrupt, signals.Terminated):
+            done = signals.committed()
+            if (
+                done is not None
+                and done[1] == plan.title
+                and _journal_status(done[0]) == ("committed")
+            ):
+                # Interrupted after the undo's COMMIT: finish it (the signals are blocked
+                # now), so the recovered file goes and the original journal says `undone`.
+                remove_created_files(plan, store_dir)
+                mark_undone(journal_file, done[0])
+            raise
         if outcome.status == "applied":
             removed, problems = remove_created_files(plan, store_dir)
             for problem in problems:
@@ -675,7 +728,15 @@ def demo(app: AppContext, directory: Path) -> None:
     run_demo(directory, echo=click.echo)
 
 
+def _journal_status(path: Path) -> str | None:
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8")).get("status"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def main() -> None:
+    signals.install()
     cli(prog_name="recover")
 
 

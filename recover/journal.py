@@ -82,6 +82,7 @@ def write(path: Path, plan: Plan, status: str, command: str) -> None:
             "url": mask_url(plan.db.url),
             "dialect": plan.db.dialect,
             **_identity(plan.db.url),
+            **({"galera": galera} if (galera := plan.db.galera()) else {}),
         },
         "changes": [
             {
@@ -156,11 +157,28 @@ def _shape_problem(document: dict[str, Any]) -> str | None:
     return None
 
 
+def _same_galera_cluster(recorded: dict[str, Any], db: Database) -> bool:
+    """The journal was written through another node of the Galera cluster serving ``db``, for
+    the same database: every node holds the same rows, so undo may run through any of them
+    (node 1 may be the one that died). ``wsrep_cluster_state_uuid`` names the cluster's data
+    history, not its configuration: two clusters that share a ``wsrep_cluster_name`` differ.
+    Journals written before recover knew Galera have no ``galera`` entry: host and port."""
+    galera = recorded.get("galera")
+    if not isinstance(galera, dict) or not galera.get("cluster_state_uuid"):
+        return False
+    if recorded.get("database") != db.url.database:
+        return False
+    return db.galera().get("cluster_state_uuid") == galera["cluster_state_uuid"]
+
+
 def plan_from(document: dict[str, Any], db: Database, path: Path) -> Plan:
     """The plan recorded in a journal, bound to ``db`` after checking it is the same database."""
     recorded = document["database"]
     here = _identity(db.url)
-    if any(recorded.get(k) != v for k, v in here.items()) or recorded.get("dialect") != db.dialect:
+    same_server = all(recorded.get(k) == v for k, v in here.items())
+    if (not same_server and not _same_galera_cluster(recorded, db)) or (
+        recorded.get("dialect") != db.dialect
+    ):
         raise RecoverError(
             f"journal {path} is for {recorded.get('url')}, but the configured database is "
             f"{mask_url(db.url)}",

@@ -38,15 +38,27 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.sql import ClauseElement
 
-from recover import faults
+from recover import faults, signals
 from recover.db.engine import Database, describe_db_error
 from recover.errors import RecoverError, RefusedError
 from recover.text import printable
 
 Row = dict[str, Any]
 
-#: MariaDB/MySQL error numbers meaning "someone else holds or changed these rows".
-_CONCURRENT = {1205: "lock wait timeout", 1213: "deadlock"}
+#: MariaDB/MySQL error numbers meaning "someone else holds or changed these rows". On Galera,
+#: row locks are local to one node: a conflicting write through another node is not blocked,
+#: and whichever commits second fails its certification at COMMIT with 1213 (MariaDB KB,
+#: "MariaDB Galera Cluster - Known Limitations": optimistic concurrency control, a COMMIT may
+#: still be aborted; MariaDB/server mysql-test/suite/galera galera_certification_double_failure:
+#: "COMMIT; ERROR 40001: Deadlock found"); a local transaction aborted by a replicated
+#: write-set (brute-force abort) gets 1213 too.
+_CONCURRENT = {
+    1205: "lock wait timeout",
+    1213: "deadlock, or on Galera a certification failure at COMMIT",
+}
+#: ER_UNKNOWN_COM_ERROR as Galera uses it: "WSREP has not yet prepared node for application
+#: use", a node that lost the primary component (or is still joining) refuses every query.
+_NOT_READY = 1047
 #: ER_DUP_ENTRY, and ER_ROW_IS_REFERENCED(_2): a unique key, or a row other rows refer to.
 _DUPLICATE, _REFERENCED = 1062, (1451, 1217)
 #: Columns that say which row a referencing row is, in a refusal (besides its key).
@@ -409,8 +421,19 @@ def _unique_keys(conn: Connection, table: str) -> list[list[str]]:
     return keys
 
 
-def apply(plan: Plan, before_commit: Callable[[], None] = lambda: None) -> None:
-    """One transaction: lock, re-check, ``before_commit`` (the journal), DML, commit.
+def _subject(plan: Plan) -> str:
+    """The object a refusal names: the plan's title, and the journal an undo reverses."""
+    journal = plan.subject.get("journal")
+    return f"{plan.title} (journal {journal})" if journal else plan.title
+
+
+def apply(
+    plan: Plan,
+    before_commit: Callable[[], None] = lambda: None,
+    after_commit: Callable[[], None] = lambda: None,
+) -> None:
+    """One transaction: lock, re-check, ``before_commit`` (the journal), DML, commit, then
+    ``after_commit`` (a Ctrl-C or SIGTERM during the COMMIT and this waits for both).
 
     Concurrent sessions: the loser either finds the rows changed (re-check),
     waits on the winner's row locks and then finds them changed, or gets a
@@ -429,6 +452,9 @@ def apply(plan: Plan, before_commit: Callable[[], None] = lambda: None) -> None:
                     # Asked inside the transaction: the plan's earlier rows are visible here.
                     raise _integrity_error(conn, plan, change, exc) from None
             faults.point("in-transaction")
+            with signals.deferred():
+                conn.commit()
+                after_commit()
     except IntegrityError as exc:
         raise ConcurrentChangeError(
             f"the database refused the change: {describe_db_error(exc)}",
@@ -438,8 +464,17 @@ def apply(plan: Plan, before_commit: Callable[[], None] = lambda: None) -> None:
         code = getattr(exc.orig, "args", (None,))[0]
         if code in _CONCURRENT:
             raise ConcurrentChangeError(
-                f"another session holds these rows ({_CONCURRENT[code]})",
-                hint="nothing was changed; re-run when the other operation has finished",
+                f"{_subject(plan)}: another session holds these rows or changed them at the "
+                f"same moment ({_CONCURRENT[code]}, {code}: {describe_db_error(exc)})",
+                hint="nothing was changed; run `recover inventory` to see the result of the "
+                "run that won, and re-run only if it is still needed",
+            ) from None
+        if code == _NOT_READY:
+            raise ConcurrentChangeError(
+                f"{_subject(plan)}: the database node is not ready ({code}: "
+                f"{describe_db_error(exc)}): a Galera node outside the cluster's primary part",
+                hint="nothing was changed; run `recover inventory` through a node that is "
+                "Synced, then re-run through it",
             ) from None
         raise RecoverError(
             f"the transaction failed and was rolled back: {describe_db_error(exc)}"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recover import faults, journal
+from recover import faults, journal, signals
 from recover.config import Settings
 from recover.db.cloud import open_nova
 from recover.db.engine import Database, open_database
@@ -94,19 +94,32 @@ def execute(
             on_journaled()  # e.g. place the image file: after the journal names it
 
     try:
-        apply(plan, before_commit=before_commit)
+        apply(
+            plan,
+            before_commit=before_commit,
+            after_commit=lambda: signals.note_commit(path, plan.title),
+        )
     except BaseException:
+        if signals.committed() == (path, plan.title):
+            # Interrupted (Ctrl-C, SIGTERM) right after the COMMIT: the change stays.
+            journal.write(path, plan, "committed", command)
+            raise
         if on_failure is not None:
             on_failure()
         if path.exists():
             journal.write(path, plan, "rolled-back", command)
         raise
-    faults.point("committed")
     try:
+        faults.point("committed")
         journal.write(path, plan, "committed", command)
         problems = verify(plan)
     except Exception as exc:
         raise committed_failure(path, "marking the journal and re-reading the rows", exc) from exc
+    except BaseException:
+        # Ctrl-C or SIGTERM after the COMMIT: the journal must say so before the exit (the
+        # handler ignores another signal meanwhile), and the CLI names it and its undo.
+        journal.write(path, plan, "committed", command)
+        raise
     if problems:
         differ = RecoverError(f"they differ from the plan: {'; '.join(problems)}")
         raise committed_failure(path, "re-reading the rows", differ)
@@ -171,6 +184,7 @@ def plan_undo(settings: Settings, path: Path) -> Plan:
     inverse.subject = {
         "kind": f"undo-{recorded.subject.get('kind', 'plan')}",
         "id": recorded.subject.get("id"),
+        "journal": str(path),  # a refusal names the journal being undone
     }
     if document.get("status") in ("applying", "rolled-back"):
         # The run died (or failed) before its commit: perhaps nothing happened in the database.

@@ -3,8 +3,9 @@
 On Galera ``SELECT ... FOR UPDATE`` locks rows on the node that runs it only; a conflicting
 write through another node is not blocked, and the loser learns it at COMMIT (certification
 failure, ER_LOCK_DEADLOCK 1213). These tests pin what the cluster does and what ``recover``
-does on it today; the cross-node race that must end in a clean refusal is ``xfail`` until the
-write path knows Galera (issue 14, item 1).
+does on it: the loser of a race at COMMIT gets one refusal naming the object and
+``recover inventory``; reads wait for the cluster (``wsrep_sync_wait``); a journal names its
+Galera cluster, so undo runs through any node (issue 14).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from typing import Any
 
 import pymysql
 import pytest
+from sqlalchemy.engine import make_url
 
 from recover.demo import SNAPSHOT
+from recover.secrets import mask_url
 from tests import clouds, galera
 from tests.galera import GaleraCluster, GaleraNode
 from tests.helpers import dump_rows, process_env
@@ -324,13 +327,6 @@ def test_same_flavor_started_through_two_nodes_at_once(
         assert journal_statuses(root) in (["committed"], ["committed", "rolled-back"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14 item 1, the write path does not know Galera yet: the loser's "
-    "certification failure at COMMIT (1213) comes out as 'Error: another session holds these "
-    "rows (deadlock); nothing was changed; re-run when the other operation has finished', "
-    "naming neither the flavor nor `recover inventory`",
-)
 @pytest.mark.parametrize("kind", ["legacy", "modern"])
 def test_same_flavor_committed_through_two_nodes_at_once(
     galera_cluster: GaleraCluster, tmp_path: Path, kind: str
@@ -350,7 +346,8 @@ def test_same_flavor_committed_through_two_nodes_at_once(
         deleted.assert_recovered_everywhere()
         assert journal_statuses(root) == ["committed", "rolled-back"]
         # Issue 14: a refusal like a lost race, naming the object and what to do.
-        assert "flavor f0e1d2c3" in loser and "recover inventory" in loser, loser
+        title = f"recover flavor f0e1d2c3 (id {deleted.cloud.id}, {PRIVATE.name})"
+        assert loser == loser_line(title), loser
 
 
 def recovered_journal(deleted: Deleted, root: Path) -> Path:
@@ -376,22 +373,46 @@ def assert_deleted_everywhere(deleted: Deleted) -> None:
     assert dumps[1] == dumps[0] and dumps[2] == dumps[0]
 
 
-IDENTITY_REASON = (
-    "a journal names its database by host, port and name, so an undo through another node "
-    "of the same Galera cluster is refused at once: 'Error: journal <path> is for "
-    "mysql+pymysql://root@127.0.0.1:<node 1 port>/gal_race?charset=utf8, but the configured "
-    "database is mysql+pymysql://root@127.0.0.1:<node 2 port>/gal_race?charset=utf8; point "
-    "recover at the database the journal was written for'"
-)
+def loser_line(title: str) -> str:
+    """The exact refusal of the run whose COMMIT lost the certification (issue 14, item 1)."""
+    return (
+        f"Error: {title}: another session holds these rows or changed them at the same moment "
+        f"(deadlock, or on Galera a certification failure at COMMIT, {DEADLOCK[0]}: "
+        f"{DEADLOCK[1]}); nothing was changed; run `recover inventory` to see the result of the "
+        "run that won, and re-run only if it is still needed\n"
+    )
 
 
-@pytest.mark.xfail(strict=True, reason=f"issue 14: {IDENTITY_REASON}")
 def test_undo_through_another_node_than_the_recovery(
     galera_cluster: GaleraCluster, tmp_path: Path
 ) -> None:
     """Node 1 is gone or busy: the operator undoes through node 2, same cluster, same rows."""
     deleted = Deleted(galera_cluster, "legacy")
     journal = recovered_journal(deleted, tmp_path)
+    recorded = json.loads(journal.read_text())["database"]
+    # The journal names the cluster (its data history), not only node 1's address.
+    assert recorded["galera"] == {
+        "cluster_state_uuid": galera_cluster.nodes[0].status("wsrep_cluster_state_uuid"),
+        "cluster_name": galera.CLUSTER_NAME,
+    }
+    assert recorded["port"] == galera_cluster.nodes[0].port
+    # The same database name in another Galera cluster (another data history) is refused,
+    # changing nothing: a copy of the journal naming another cluster state uuid.
+    document = json.loads(journal.read_text())
+    document["database"]["galera"]["cluster_state_uuid"] = "00000000-1111-2222-3333-444444444444"
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps(document))
+    node2 = galera_cluster.nodes[1].url(deleted.db)
+    refused = run_recover(tmp_path, ["--nova-db", node2, "undo", str(foreign), "--yes"])
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr == (
+        f"Error: journal {foreign} is for {recorded['url']}, but the configured database is "
+        f"{mask_url(make_url(node2))}; point recover at the database the journal was written "
+        "for\n"
+    )
+    assert json.loads(journal.read_text())["status"] == "committed"
+    deleted.assert_recovered_everywhere()
+    # Through node 2, the same database: undone, the same rows on the three nodes.
     done = run_recover(tmp_path, undo_argv(deleted, galera_cluster.nodes[1], journal))
     assert done.returncode == 0, done.stderr
     assert_deleted_everywhere(deleted)
@@ -401,9 +422,8 @@ def test_undo_through_another_node_than_the_recovery(
 def test_same_undo_started_through_two_nodes_at_once(
     galera_cluster: GaleraCluster, tmp_path: Path
 ) -> None:
-    """One winner, one clean refusal, the same rows everywhere. Today the run through node 2
-    is refused before it reads anything (the journal names node 1's address, see
-    ``test_undo_through_another_node_than_the_recovery``), so this is no real race yet."""
+    """One winner, one clean refusal, the same rows everywhere (the loser mostly finds the
+    rows changed at its re-check, which waits for the winner's commit: ``wsrep_sync_wait``)."""
     for round_ in range(ROUNDS):
         deleted = Deleted(galera_cluster, "legacy")
         root = tmp_path / f"round{round_}"
@@ -419,13 +439,6 @@ def test_same_undo_started_through_two_nodes_at_once(
         )  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=f"issue 14: {IDENTITY_REASON}, so the run through node 2 never reaches its "
-    "transaction; once it does, the loser's certification failure at COMMIT must be a "
-    "refusal naming the journal and `recover inventory` (today's words for 1213: 'another "
-    "session holds these rows (deadlock); ...')",
-)
 def test_same_undo_committed_through_two_nodes_at_once(
     galera_cluster: GaleraCluster, tmp_path: Path
 ) -> None:
@@ -442,15 +455,10 @@ def test_same_undo_committed_through_two_nodes_at_once(
         assert_deleted_everywhere(deleted)
         assert json.loads(journal.read_text())["status"] == "undone"
         assert journal_statuses(root) == ["committed", "rolled-back", "undone"]
-        assert str(journal) in loser and "recover inventory" in loser, loser
+        title = f"undo: recover flavor f0e1d2c3 (id {deleted.cloud.id}, {PRIVATE.name})"
+        assert loser == loser_line(f"{title} (journal {journal})"), loser
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14 item 1, reads do not use wsrep_sync_wait yet: inventory through node 2 "
-    "right after the recovery through node 1 reads node 2's stale rows and still lists "
-    "flavor f0e1d2c3 as deleted and in use",
-)
 def test_inventory_through_another_node_right_after_a_recovery_sees_it(
     galera_cluster: GaleraCluster, tmp_path: Path
 ) -> None:
@@ -581,3 +589,47 @@ def test_same_image_started_through_two_nodes_at_once(
             assert_image_new(world, node)
         assert sorted(journals(world).values()) in (["committed"], ["committed", "rolled-back"])
         assert sorted(p.name for p in world.store.iterdir()) == sorted([SNAPSHOT, OTHER_IMAGE])
+
+
+def test_node_that_stops_serving_inside_a_recovery_is_a_clean_refusal(
+    galera_cluster: GaleraCluster, tmp_path: Path
+) -> None:
+    """Node 3 stops serving queries (``wsrep_reject_queries = ALL``: what a node outside the
+    primary component answers, 1047) while a recovery through it holds its row locks: one
+    line naming the flavor and what to do, nothing changed anywhere, journal rolled back; a
+    re-run through node 1 finishes."""
+    cluster = galera_cluster
+    one, three = cluster.nodes[0], cluster.nodes[2]
+    deleted = Deleted(cluster, "legacy")
+    assert isinstance(deleted.cloud, Legacy)
+    proc = subprocess.Popen(
+        [RECOVER, *deleted.argv(three, "--yes")],
+        env={**process_env(tmp_path), "RECOVER_FAULT_POINT": "journaled:stop"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        try:
+            assert wait_until(lambda: proc.poll() is not None or stopped(proc.pid)), "no stop"
+            assert proc.poll() is None, proc.communicate()
+            three.query("SET GLOBAL wsrep_reject_queries = ALL")
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        three.query("SET GLOBAL wsrep_reject_queries = NONE")
+    title = f"recover flavor f0e1d2c3 (id {deleted.cloud.id}, {PRIVATE.name})"
+    assert (proc.returncode, out) == (1, ""), err
+    assert err == (
+        f"Error: {title}: the database node is not ready (1047: WSREP has not yet prepared node "
+        "for application use): a Galera node outside the cluster's primary part; nothing was "
+        "changed; run `recover inventory` through a node that is Synced, then re-run through "
+        "it\n"
+    )
+    tables = (*LEGACY_TABLES, *SHADOW_TABLES)
+    for node in cluster.nodes:
+        dump = dump_rows(node.synced_url(deleted.db))
+        assert {t: dump[t] for t in tables} == deleted.cloud.after_delete, node.name
+    assert journal_statuses(tmp_path) == ["rolled-back"]
+    again = run_recover(tmp_path, deleted.argv(one, "--yes"))
+    assert (again.returncode, again.stderr) == (0, committed_note(tmp_path)), again.stderr
+    deleted.assert_recovered_everywhere()

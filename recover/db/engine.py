@@ -6,8 +6,9 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import MetaData, Table, create_engine, inspect
+from sqlalchemy import MetaData, Table, create_engine, event, inspect
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
@@ -41,6 +42,7 @@ class Database:
     engine: Engine
     _tables: dict[str, Table] = field(default_factory=dict)
     _names: frozenset[str] | None = None
+    _galera: dict[str, str] | None = None
 
     @property
     def label(self) -> str:
@@ -82,6 +84,68 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+    def galera(self) -> dict[str, str]:
+        """The Galera cluster this database is served by (``{}`` when it is no Galera node):
+        ``cluster_state_uuid`` (the cluster's data history, the same on every node) and
+        ``cluster_name``. A journal records them, so undo may reconnect through any node."""
+        if self._galera is None:
+            self._galera = {}
+            if self.dialect == "mysql":
+                with self.engine.connect() as conn:
+                    if conn.connection.info.get(GALERA_KEY):
+                        status = _variables(conn, "STATUS", "wsrep_cluster_state_uuid")
+                        names = _variables(conn, "VARIABLES", "wsrep_cluster_name")
+                        self._galera = {
+                            "cluster_state_uuid": status.get("wsrep_cluster_state_uuid", ""),
+                            "cluster_name": names.get("wsrep_cluster_name", ""),
+                        }
+        return self._galera
+
+
+#: Key in a DBAPI connection's ``info``: True when the server is a Galera node.
+GALERA_KEY = "recover_galera"
+#: ER_UNKNOWN_SYSTEM_VARIABLE: a Galera older than wsrep_sync_wait (MariaDB < 10.0).
+_UNKNOWN_VARIABLE = 1193
+
+
+def _variables(conn: Any, kind: str, *names: str) -> dict[str, str]:
+    """``SHOW GLOBAL <kind>`` values of ``names`` (absent ones are left out)."""
+    quoted = ", ".join(f"'{n}'" for n in names)  # constants of this module, never input
+    rows = conn.exec_driver_sql(f"SHOW GLOBAL {kind} WHERE Variable_name IN ({quoted})")
+    return {str(name).lower(): str(value) for name, value in rows}
+
+
+def _read_your_writes(dbapi_connection: Any, record: Any) -> None:
+    """On a Galera node, make every read of this session wait until the node has applied
+    every write-set committed anywhere in the cluster before it (MariaDB KB, "Galera
+    Cluster System Variables", ``wsrep_sync_wait``: bit 1 = READ, i.e. SELECT, SHOW and
+    BEGIN). Without it, verify, inventory or undo's re-check through node 2 right after a
+    commit through node 1 can read node 2's stale rows. Detected once per connection; a
+    plain MariaDB/MySQL server (no ``wsrep_on``, or ``wsrep_provider = none``) is left as is.
+    """
+    cursor = dbapi_connection.cursor()
+    try:
+        try:
+            cursor.execute(
+                "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('wsrep_on', 'wsrep_provider')"
+            )
+            found = {str(name).lower(): str(value) for name, value in cursor.fetchall()}
+        except Exception:  # a server or proxy that will not say: treat it as no Galera node
+            found = {}
+        galera = found.get("wsrep_on", "OFF").upper() == "ON" and found.get(
+            "wsrep_provider", "none"
+        ).lower() not in ("", "none")
+        record.info[GALERA_KEY] = galera
+        if galera:
+            try:
+                cursor.execute("SET SESSION wsrep_sync_wait = 1")
+            except Exception as exc:  # an old Galera: its predecessor, for reads too
+                if getattr(exc, "args", (None,))[0] != _UNKNOWN_VARIABLE:
+                    raise
+                cursor.execute("SET SESSION wsrep_causal_reads = ON")
+    finally:
+        cursor.close()
 
 
 def parse_url(text: str, role: str) -> URL:
@@ -150,6 +214,8 @@ def open_database(text: str, role: str, *, read_timeout: float | None = None) ->
         ) from None
     except (ArgumentError, ImportError) as exc:
         raise DatabaseError(f"{role} database {mask_url(url)}: {scrub(str(exc))}") from None
+    if url.get_backend_name() == "mysql":
+        event.listen(engine, "connect", _read_your_writes)
     try:
         with engine.connect():
             pass

@@ -11,7 +11,6 @@ flavor's plan/journal mechanism).
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from recover.glance import GlanceReader
 from recover.images import api
 from recover.images.ceph import parse_location
 from recover.images.digest import DEFAULT_ALGO, Digests, Progress
-from recover.images.rows import NewData, PendingData, image_plan, restored_status
+from recover.images.rows import NewData, PendingData, image_plan, meta_store, restored_status
 from recover.images.rules import ImageRules
 from recover.images.sources import ImageSource
 from recover.images.sources.base_file import base_file_source
@@ -62,15 +61,6 @@ class ImageRequest:
     #: Store bytes that are not the original upload's (a refusal of the size rules becomes
     #: a loud warning in the report).
     accept_new_bytes: bool = False
-
-
-def _meta_store(text: str | None) -> str | None:
-    try:
-        value = json.loads(text or "{}")
-    except ValueError:
-        return None
-    stored = value.get("store") if isinstance(value, dict) else None
-    return None if stored is None else str(stored)
 
 
 def validate_uuid(text: str) -> str:
@@ -186,7 +176,7 @@ class ImageRecovery:
                 return None
             if scheme == "rbd":
                 old = parse_location(value)  # hostile values are refused here
-                stored = _meta_store(meta) or settings.rbd_store_id
+                stored = meta_store(meta) or settings.rbd_store_id
                 pool = old.pool or settings.rbd_pool.value
                 return RbdStore(rbd_client(settings), pool, self.image_id, self.rules, self.algo,
                                 stored, old)  # fmt: skip

@@ -292,6 +292,12 @@ def _store_label(row: Row) -> str:
     return f"{printable(scheme) or 'unknown'} location"
 
 
+def meta_store(text: str | None) -> str | None:
+    """The multi-store backend id a location's ``meta_data`` JSON names (``{"store": id}``)."""
+    stored = _meta(text).get("store")
+    return None if stored is None else str(stored)
+
+
 def _meta(text: str | None) -> dict[str, Any]:
     try:
         value = json.loads(text or "{}")

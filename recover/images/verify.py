@@ -10,7 +10,6 @@ a mismatch).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from recover.images import api, qemu
 from recover.images.ceph import CephNameError, CephNotFoundError, parse_location
 from recover.images.digest import DEFAULT_ALGO, Digests, hash_file
 from recover.images.recovery import WRITABLE, validate_uuid
-from recover.images.rows import restored_status
+from recover.images.rows import meta_store, restored_status
 from recover.images.store import is_store_file
 from recover.images.stores.rbd import client as rbd_client
 from recover.text import printable
@@ -183,7 +182,7 @@ def _check_store_id(
     """Multi-store: Glance hands a location to the driver its ``meta_data["store"]`` names
     (glance_store ``multi_backend.get_from_backend``); a ``file://`` URL under another
     store's id (say an ``http`` one) is answered with HTTP 500 on download."""
-    stored = _meta_store(location.get("meta_data"))
+    stored = meta_store(location.get("meta_data"))
     actual = settings.file_store_of(path.parent)
     if stored is None:
         result.add("location store", True,
@@ -194,15 +193,6 @@ def _check_store_id(
         stored == actual,
         f"meta_data store {printable(stored)!r}, file in store {actual!r}",
     )
-
-
-def _meta_store(text: str | None) -> str | None:
-    try:
-        value = json.loads(text or "{}")
-    except ValueError:
-        return None
-    stored = value.get("store") if isinstance(value, dict) else None
-    return None if stored is None else str(stored)
 
 
 def _with_api(result: Verification, settings: Settings, digests: Digests | None) -> Verification:
