@@ -36,6 +36,13 @@ def journal_dir() -> Path:
     return Path(state) / "journal"
 
 
+def work_dir() -> Path:
+    """A private directory beside the journals for bytes staged outside the store (0700)."""
+    work = journal_dir().parent / "tmp"
+    work.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return work
+
+
 def _encode(value: Any) -> Any:
     if isinstance(value, datetime):
         return {"$datetime": value.isoformat()}

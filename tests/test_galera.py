@@ -33,7 +33,7 @@ from tests.test_faults import assert_image_new, journals, stopped, wait_until
 from tests.test_flavor import API_TABLES, LEGACY_TABLES, PRIVATE, SHADOW_TABLES, Legacy, Modern
 from tests.test_flavor import _without_child_ids as without_child_ids
 from tests.test_hostile import OTHER_IMAGE, build_world
-from tests.test_races import LAUNCHER
+from tests.test_races import finish_all, start_together
 
 RECOVER = str(Path(sys.executable).with_name("recover"))
 ROUNDS = 5
@@ -239,60 +239,6 @@ def test_recover_flavor_through_node_1_reaches_every_node(
     )
     deleted.assert_recovered_everywhere()
     assert journal_statuses(tmp_path) == ["committed"]
-
-
-def start_together(
-    argvs: list[list[str]], env: dict[str, str], directory: Path, stop_at: str | None = None
-) -> list[subprocess.Popen[str]]:
-    """Start ``recover <argv>`` once per argv: imports done, then all released at once.
-
-    With ``stop_at`` (a fault point) every process stops itself there (SIGSTOP) and this
-    returns once all are stopped; the caller sends SIGCONT.
-    """
-    barrier = directory / "barrier"
-    barrier.mkdir()
-    go = barrier / "go"
-    if stop_at is not None:
-        env = {**env, "RECOVER_FAULT_POINT": f"{stop_at}:stop"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER, str(barrier / f"ready-{n}"), str(go), *argv],
-            env=env,
-            cwd=directory,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for n, argv in enumerate(argvs)
-    ]
-    assert wait_until(
-        lambda: (
-            len(list(barrier.glob("ready-*"))) == len(argvs)
-            or any(p.poll() is not None for p in procs)
-        ),
-        timeout=120,
-    )
-    assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
-    go.touch()
-    if stop_at is not None:
-        reached = wait_until(
-            lambda: all(p.poll() is not None or stopped(p.pid) for p in procs), timeout=120
-        )
-        if not reached or any(p.poll() is not None for p in procs):
-            for proc in procs:  # a stopped process never ends by itself: end ours
-                if proc.poll() is None:
-                    proc.kill()
-            outputs = [proc.communicate() for proc in procs]
-            raise AssertionError(f"not every run stopped at {stop_at}: {outputs}")
-    return procs
-
-
-def finish_all(procs: list[subprocess.Popen[str]]) -> list[tuple[int, str, str]]:
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=180)
-        results.append((proc.returncode, out, err))
-    return results
 
 
 def one_winner(

@@ -24,7 +24,14 @@ from recover.errors import RefusedError
 from recover.flavors import FlavorFinder, legacy_plan, modern_plan
 from recover.images.store import image_lock
 from tests import clouds
-from tests.test_faults import assert_image_new, base_stat, journals, store_tmp_files
+from tests.test_faults import (
+    assert_image_new,
+    base_stat,
+    journals,
+    stopped,
+    store_tmp_files,
+    wait_until,
+)
 from tests.test_flavor import API_TABLES, LEGACY_TABLES, SHADOW_TABLES, Legacy, Modern, rows
 from tests.test_flavor import _without_child_ids as without_child_ids
 from tests.test_hostile import OTHER_IMAGE, World, base_env, build_world, run_recover
@@ -45,9 +52,22 @@ recover.cli.main()
 
 def race(argv: list[str], env: dict[str, str], directory: Path) -> list[tuple[int, str, str]]:
     """Run ``recover <argv>`` RUNS times, started together; (exit code, stdout, stderr) each."""
+    return finish_all(start_together([argv] * RUNS, env, directory))
+
+
+def start_together(
+    argvs: list[list[str]], env: dict[str, str], directory: Path, stop_at: str | None = None
+) -> list[subprocess.Popen[str]]:
+    """Start ``recover <argv>`` once per argv: imports done, then all released at once.
+
+    With ``stop_at`` (a fault point) every process stops itself there (SIGSTOP) and this
+    returns once all are stopped; the caller sends SIGCONT.
+    """
     barrier = directory / "barrier"
     barrier.mkdir()
     go = barrier / "go"
+    if stop_at is not None:
+        env = {**env, "RECOVER_FAULT_POINT": f"{stop_at}:stop"}
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", LAUNCHER, str(barrier / f"ready-{n}"), str(go), *argv],
@@ -57,13 +77,31 @@ def race(argv: list[str], env: dict[str, str], directory: Path) -> list[tuple[in
             stderr=subprocess.PIPE,
             text=True,
         )
-        for n in range(RUNS)
+        for n, argv in enumerate(argvs)
     ]
-    deadline = time.monotonic() + 120
-    while len(list(barrier.glob("ready-*"))) < RUNS and time.monotonic() < deadline:
-        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
-        time.sleep(0.01)
+    assert wait_until(
+        lambda: (
+            len(list(barrier.glob("ready-*"))) == len(argvs)
+            or any(p.poll() is not None for p in procs)
+        ),
+        timeout=120,
+    )
+    assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
     go.touch()
+    if stop_at is not None:
+        reached = wait_until(
+            lambda: all(p.poll() is not None or stopped(p.pid) for p in procs), timeout=120
+        )
+        if not reached or any(p.poll() is not None for p in procs):
+            for proc in procs:  # a stopped process never ends by itself: end ours
+                if proc.poll() is None:
+                    proc.kill()
+            outputs = [proc.communicate() for proc in procs]
+            raise AssertionError(f"not every run stopped at {stop_at}: {outputs}")
+    return procs
+
+
+def finish_all(procs: list[subprocess.Popen[str]]) -> list[tuple[int, str, str]]:
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=180)

@@ -107,12 +107,7 @@ class ImageRules:
 
     def matches_row(self, digests: Digests) -> bool:
         """Are these the bytes the row describes (size, multihash, md5; unset columns pass)?"""
-        row = self.row
-        if row.get("size") is not None and row["size"] != digests.size:
-            return False
-        if row.get("os_hash_value") and row["os_hash_value"] != digests.value:
-            return False
-        return not (row.get("checksum") and row["checksum"] != digests.md5)
+        return not self.mismatches(digests)
 
     def mismatches(self, digests: Digests) -> list[str]:
         """How ``digests`` differ from the row (empty: they match), for an error message."""

@@ -50,8 +50,7 @@ class GlanceApiStore:
 
     @contextmanager
     def staging(self) -> Iterator[Staged]:
-        work = journal.journal_dir().parent / "tmp"
-        work.mkdir(parents=True, exist_ok=True, mode=0o700)
+        work = journal.work_dir()
         self.store_file_before = self.final.exists()
         staged = Staged(work, self.image_id)
         try:

@@ -145,8 +145,7 @@ class RbdStore:
 
     @contextmanager
     def staging(self) -> Iterator[Staged]:
-        work = journal.journal_dir().parent / "tmp"
-        work.mkdir(parents=True, exist_ok=True, mode=0o700)
+        work = journal.work_dir()
         # rbd import reads the bytes once and _read_back checks them: a local file
         # that already is the image need not be copied here first.
         staged = Staged(work, self.image_id, by_reference=True)
