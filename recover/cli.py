@@ -248,8 +248,46 @@ def cli(ctx: click.Context, debug: bool, **options: Any) -> None:
 @click.option(
     "--fail-on-orphans", is_flag=True, help="Exit 3 when anything is orphaned (cron, monitoring)."
 )
+@click.option(
+    "--probe-hosts",
+    is_flag=True,
+    help="Ask every compute host that runs an affected instance, over ssh (one connection "
+    "each), which _base copies it holds and which image backs each affected disk. "
+    "[env: RECOVER_SSH_COMMAND for the ssh command]",
+)
+@click.option(
+    "--ssh-workers",
+    type=click.IntRange(1, 256),
+    default=16,
+    show_default=True,
+    metavar="N",
+    help="--probe-hosts: hosts asked at once.",
+)
+@click.option(
+    "--host-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    metavar="SECS",
+    help="--probe-hosts: a host that has not answered by then is reported unreachable.",
+)
+@click.option(
+    "--instances-path",
+    metavar="PATH",
+    default=DEFAULT_INSTANCES_PATH,
+    show_default=True,
+    help="--probe-hosts: nova's instances_path on the compute hosts.",
+)
 @click.pass_obj
-def inventory(app: AppContext, fmt: str, fail_on_orphans: bool) -> None:
+def inventory(
+    app: AppContext,
+    fmt: str,
+    fail_on_orphans: bool,
+    probe_hosts: bool,
+    ssh_workers: int,
+    host_timeout: float,
+    instances_path: str,
+) -> None:
     """List live instances whose flavor or image is deleted. Read-only.
 
     Scans every cell: flavors that are soft-deleted, archived into shadow_*
@@ -259,29 +297,49 @@ def inventory(app: AppContext, fmt: str, fail_on_orphans: bool) -> None:
     the instances, their compute hosts, the _base file name, and the command
     that recovers it.
 
+    With --probe-hosts, every compute host that runs an affected instance is
+    asked over one ssh connection (at most --ssh-workers at once): the _base
+    copies of the orphaned images it holds (size, format, mtime, and when
+    nova's image cache manager may remove them once unused, from the host's
+    nova.conf), and which image backs each affected instance's disk (an
+    unshelved instance is backed by its shelve snapshot, not its image_ref).
+
     \b
     Examples:
       recover --nova-api-db mysql+pymysql://nova:PASS@db/nova_api \\
               --glance-db mysql+pymysql://glance:PASS@db/glance inventory
       recover --config /etc/recover.ini inventory --format json
       recover --config /etc/recover.ini inventory --fail-on-orphans >/dev/null
+      recover --config /etc/recover.ini inventory --probe-hosts --ssh-workers 32
 
-    Exit status: 0 clean or orphans listed, 1 some cell could not be read
-    (the report is partial), 3 orphans found with --fail-on-orphans.
+    Exit status: 0 clean or orphans listed, 1 some cell could not be read or
+    some host could not be probed (the report is partial), 3 orphans found
+    with --fail-on-orphans.
     """
-    from recover.inventory import scan
+    from recover.images.transport import ssh_argv
+    from recover.inventory import ProbeOptions, scan
     from recover.report import RENDERERS
 
-    result = scan(app.settings)
+    probe = None
+    if probe_hosts:
+        if not instances_path.startswith("/") or "\0" in instances_path:
+            raise click.BadParameter("must be an absolute path", param_hint="--instances-path")
+        ssh_argv()  # a malformed RECOVER_SSH_COMMAND is one Error line before any scan
+        probe = ProbeOptions(instances_path, ssh_workers, host_timeout)
+    result = scan(app.settings, probe=probe)
     for message in result.warnings:
         warn(message)
     click.echo(RENDERERS[fmt](result), nl=False)
     if result.partial:
         # A cell's name comes from cell_mappings: one line, whatever it holds.
         failed = [f"{printable(c.name)}: {c.error}" for c in result.cells if not c.ok]
-        raise PartialScanError(
-            f"report is partial, not every cell was scanned ({'; '.join(failed)})"
-        )
+        hosts = [f"{printable(h.host)}: {h.error}" for h in result.hosts or () if not h.ok]
+        parts = []
+        if failed:
+            parts.append(f"not every cell was scanned ({'; '.join(failed)})")
+        if hosts:
+            parts.append(f"not every host was probed ({'; '.join(hosts)})")
+        raise PartialScanError(f"report is partial, {'; '.join(parts)}")
     if fail_on_orphans and result.has_orphans:
         sys.exit(int(ExitCode.ORPHANS_FOUND))
 

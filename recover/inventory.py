@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sqlalchemy import select
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -35,8 +36,17 @@ from recover.nova import (
     LiveFlavor,
     LiveRefs,
     Variant,
+    image_key,
     parse_flavor_blob,
     variants,
+)
+from recover.probe import (
+    DEFAULT_HOST_TIMEOUT_S,
+    DEFAULT_SSH_WORKERS,
+    BaseCopy,
+    DiskChain,
+    HostProbe,
+    probe_hosts,
 )
 
 T = TypeVar("T")
@@ -147,6 +157,8 @@ class ImageOrphan:
     row_status: str | None = None
     #: An image of an RBD store: ``{"pool", "state", "children"}`` (PRODUCT.md).
     rbd: dict[str, Any] | None = None
+    #: ``--probe-hosts``: the ``_base`` files found on the probed hosts (None: not probed).
+    copies: list[BaseCopy] | None = None
 
     @property
     def base_file(self) -> str:
@@ -172,6 +184,54 @@ class ImageOrphan:
         return risks
 
 
+@dataclass(frozen=True)
+class ProbeOptions:
+    """``inventory --probe-hosts``: how the compute hosts are asked (recover.probe)."""
+
+    instances_path: str
+    workers: int = DEFAULT_SSH_WORKERS
+    timeout: float = DEFAULT_HOST_TIMEOUT_S
+
+
+@dataclass
+class ProbedInstance:
+    """An affected instance whose host was probed: which image really backs its disk."""
+
+    uuid: str
+    cell: str
+    host: str
+    image_ref: str | None
+    chain: DiskChain | None
+    #: The image whose ``_base`` file backs the disk (sha1 mapped back to an id); None
+    #: when the disk has no backing file, or one no known id hashes to.
+    backing_image: str | None = None
+
+    @property
+    def backing_file(self) -> str | None:
+        return self.chain.backing_file if self.chain is not None else None
+
+    @property
+    def other_image(self) -> bool:
+        """Backed by another image than ``image_ref`` (after an unshelve: the snapshot)."""
+        return self.backing_image is not None and self.backing_image != image_key(self.image_ref)
+
+    def as_dict(self) -> dict[str, Any]:
+        chain = self.chain
+        return {
+            "uuid": self.uuid,
+            "cell": self.cell,
+            "host": self.host,
+            "image_ref": self.image_ref,
+            "backing_file": self.backing_file,
+            "backing_image": self.backing_image,
+            "backed_by_other_image": self.other_image,
+            "backing_chain": (
+                [{"path": p, "format": f} for p, f in chain.files] if chain is not None else []
+            ),
+            "error": chain.error if chain is not None else None,
+        }
+
+
 @dataclass
 class CellStatus:
     name: str
@@ -192,10 +252,14 @@ class Inventory:
     #: Orphans that only failed builds in cell0 use: reported apart, not counted.
     never_ran_flavors: list[FlavorOrphan] = field(default_factory=list)
     never_ran_images: list[ImageOrphan] = field(default_factory=list)
+    #: ``--probe-hosts``: every host asked, and the affected instances found on them.
+    hosts: list[HostProbe] | None = None
+    instances: list[ProbedInstance] | None = None
+    instances_path: str | None = None
 
     @property
     def partial(self) -> bool:
-        return any(not c.ok for c in self.cells)
+        return any(not c.ok for c in self.cells) or any(not h.ok for h in self.hosts or ())
 
     @property
     def has_orphans(self) -> bool:
@@ -279,7 +343,14 @@ class _Scan:
     cell order, so the report does not depend on which cell answered first.
     """
 
-    def __init__(self, settings: Settings, nova: NovaCloud, glance: GlanceReader, now: datetime):
+    def __init__(
+        self,
+        settings: Settings,
+        nova: NovaCloud,
+        glance: GlanceReader,
+        now: datetime,
+        probe: ProbeOptions | None = None,
+    ):
         assert nova.workers is not None, "open_nova(..., cell_timeout=...) opens the threads"
         self.settings = settings
         self.nova = nova
@@ -295,6 +366,7 @@ class _Scan:
         self.live_api: dict[int, LiveFlavor] = {}
         #: The connection each readable cell holds from pass 1 to pass 2.
         self.conns: dict[str, Connection] = {}
+        self.probe = probe
 
     def run(self) -> Inventory:
         try:
@@ -396,6 +468,7 @@ class _Scan:
         uses: list[_FlavorUse] = []
         sysmeta: set[str] = set()
         instances_by_image: dict[str, list[InstanceRef]] = {i: [] for i in orphan_images}
+        refs_by_uuid: dict[str, InstanceRef] = {}
         found = self._gather(readable, second)
         self.conns.clear()  # closed by pass 2, or held by a thread that timed out
         for cell in readable:
@@ -406,6 +479,7 @@ class _Scan:
             self.rows.setdefault(cell.name, {}).update(answer.rows)
             uses += answer.uses
             sysmeta |= answer.sysmeta
+            refs_by_uuid.update((ref.uuid, ref) for ref in answer.refs)
             for ref in answer.refs:
                 for image_id in {ref.image_id, ref.shelved_id} & orphan_images.keys():
                     instances_by_image[image_id].append(ref)
@@ -419,6 +493,9 @@ class _Scan:
         images = [i for i in images if all(i is not n for n in never_ran_images)]
         self._suggest(flavors)
         self.cells.sort(key=lambda c: c.name)
+        probed: tuple[list[HostProbe], list[ProbedInstance]] | None = None
+        if self.probe is not None:
+            probed = self._probe_hosts(self.probe, images, flavors, refs_by_uuid)
         return Inventory(
             flavors=flavors,
             images=sorted(images, key=lambda i: i.id),
@@ -430,7 +507,112 @@ class _Scan:
             store_dir=self.settings.store_dir.value,
             scanned_at=self.now,
             warnings=self.warnings,
+            hosts=probed[0] if probed else None,
+            instances=probed[1] if probed else None,
+            instances_path=self.probe.instances_path if self.probe else None,
         )
+
+    def _probe_hosts(
+        self,
+        options: ProbeOptions,
+        images: list[ImageOrphan],
+        flavors: list[FlavorOrphan],
+        refs: dict[str, InstanceRef],
+    ) -> tuple[list[HostProbe], list[ProbedInstance]]:
+        """Ask every host that runs an affected instance what it really holds (recover.probe).
+
+        Fills ``images[].copies``; an image whose ``_base`` file backs an affected
+        instance's disk although it is not its ``image_ref`` (an unshelve boots from the
+        shelve snapshot, then puts ``image_ref`` back: nova 34 ``nova/compute/manager.py``
+        ``_unshelve_instance``) counts as used: nova's cache manager keeps that file for
+        the instance (``_list_backing_images``), and a missing one is added to ``images``.
+        """
+        users = [*(a for i in images for a in i.instances)]
+        users += [a for f in flavors for a in (*f.instances, *f.revert_instances)]
+        affected = {a.uuid: a for a in users if a.host and a.uuid in refs}
+        names = sorted({n for image in images for n in _base_names(image)})
+        by_host: dict[str, list[str]] = {}
+        for uuid, instance in sorted(affected.items()):
+            by_host.setdefault(str(instance.host), []).append(uuid)
+        requests = {host: (names, uuids) for host, uuids in by_host.items()}
+        probes = probe_hosts(requests, options.instances_path, options.workers, options.timeout)
+        for probe in probes.values():
+            self.warnings += probe.warnings
+        known = self._sha1_table(refs.values())
+        found: list[ProbedInstance] = []
+        for uuid, instance in sorted(affected.items()):
+            probe = probes[str(instance.host)]
+            if not probe.ok:
+                continue
+            ref = refs[uuid]
+            chain = probe.disks.get(uuid)
+            entry = ProbedInstance(uuid, instance.cell, probe.host, ref.image_ref, chain)
+            backing = entry.backing_file
+            entry.backing_image = known.get(backing) if backing else None
+            found.append(entry)
+        images[:] = self._backing_orphans(images, found, refs)
+        for image in images:
+            image.copies = sorted(
+                (
+                    copy
+                    for probe in probes.values()
+                    if probe.ok
+                    for name in _base_names(image, found)
+                    if (copy := probe.copy(name, options.instances_path)) is not None
+                ),
+                key=lambda c: (c.host, c.path),
+            )
+            _copy_suggestion(image)
+        return list(probes.values()), found
+
+    def _sha1_table(self, refs: Iterable[InstanceRef]) -> dict[str, str]:
+        """sha1 -> image id (lower case) over every id known: every Glance row, deleted ones
+        included, and every spelling the instances use (nova names ``_base`` after
+        ``image_ref`` as the client spelled it)."""
+        images = self.glance.images
+        with self.glance.db.engine.connect() as conn:
+            ids = [str(r[0]) for r in conn.execute(select(images.c.id))]
+        spellings = [s for r in refs for s in (r.image_ref, r.shelved_image_id) if s]
+        table: dict[str, str] = {}
+        for value in (*ids, *spellings):
+            for spelling in (value, value.lower(), value.upper()):
+                table.setdefault(base_file_name(spelling), image_key(value))
+        return table
+
+    def _backing_orphans(
+        self, images: list[ImageOrphan], found: list[ProbedInstance], refs: dict[str, InstanceRef]
+    ) -> list[ImageOrphan]:
+        """``images`` plus the orphaned images that back a disk without being its image_ref."""
+        other = [p for p in found if p.other_image]
+        if not other:
+            return images
+        by_id = {image_key(i.id): i for i in images}
+        users: dict[str, list[ProbedInstance]] = {}
+        for entry in other:
+            users.setdefault(str(entry.backing_image), []).append(entry)
+        with self.glance.db.engine.connect() as conn:
+            states = self.glance.image_states(conn, users.keys() - by_id.keys())
+            new = {
+                i: status
+                for i in sorted(users.keys() - by_id.keys())
+                if (status := self.glance.orphan_status(states.get(i))) is not None
+            }
+            rows = self.glance.image_rows(conn, new)
+        added = self._images(new, rows, {i: [refs[p.uuid] for p in users[i]] for i in new})
+        for image in [*images, *added]:
+            key = image_key(image.id)
+            if key not in users:
+                continue
+            known = {a.uuid for a in image.instances}
+            image.instances = sorted(
+                [*image.instances, *(_affected(refs[p.uuid], self.now) for p in users[key]
+                                     if p.uuid not in known)],
+                key=lambda a: a.uuid,
+            )  # fmt: skip
+            image.hosts = sorted({*image.hosts, *(p.host for p in users[key])})
+            if image in added:
+                image.recover, image.note = _image_suggestion(image)
+        return sorted([*images, *added], key=lambda i: i.id)
 
     def _cell_failed(self, cell: CellReader, exc: SQLAlchemyError) -> None:
         self._cell_unreachable(cell, f"cannot read {cell.db.label}: {describe_db_error(exc)}")
@@ -717,6 +899,30 @@ RBD_NOTES = {
 }
 
 
+def _base_names(image: ImageOrphan, found: Iterable[ProbedInstance] = ()) -> list[str]:
+    """Every name the image's ``_base`` file may have on a host: its id in both cases, the
+    spellings of the instances, and the backing files the probe saw mapped to it."""
+    names = {base_file_name(image.id), base_file_name(image.id.upper()), *image.base_files}
+    names |= {str(p.backing_file) for p in found if p.backing_image == image_key(image.id)}
+    return sorted(names)
+
+
+def _copy_suggestion(image: ImageOrphan) -> None:
+    """With copies found, the command names the host of the freshest one (latest mtime:
+    the one nova's cache manager keeps longest), unless the store still holds the data."""
+    if not image.copies or image.store_file or image.status == "missing":
+        return
+    if image.rbd is not None and image.rbd.get("state") in RBD_NOTES:
+        return
+    best = max(image.copies, key=lambda c: (c.mtime, c.format is not None))
+    quoted = shlex.quote(image.id)
+    image.recover = f"recover image {quoted} --from-host {shlex.quote(best.host)}"
+    image.note = (
+        f"{best.path} on {best.host}, the freshest of {len(image.copies)} "
+        f"cop{'y' if len(image.copies) == 1 else 'ies'} found by --probe-hosts"
+    )
+
+
 def _image_suggestion(image: ImageOrphan) -> tuple[str | None, str | None]:
     quoted = shlex.quote(image.id)
     if image.never_ran and not image.instances:
@@ -741,8 +947,11 @@ def _image_suggestion(image: ImageOrphan) -> tuple[str | None, str | None]:
     )
 
 
-def scan(settings: Settings, now: datetime | None = None) -> Inventory:
-    """Run the inventory across every cell. Unreachable cells make it partial, not fatal."""
+def scan(
+    settings: Settings, now: datetime | None = None, probe: ProbeOptions | None = None
+) -> Inventory:
+    """Run the inventory across every cell. Unreachable cells make it partial, not fatal;
+    with ``probe``, so do unreachable compute hosts."""
     moment = now or datetime.now(timezone.utc).replace(tzinfo=None)
     nova = open_nova(settings, allow_unreachable_cells=True, cell_timeout=settings.cell_timeout)
     try:
@@ -753,7 +962,7 @@ def scan(settings: Settings, now: datetime | None = None) -> Inventory:
             raise DatabaseError(f"no Nova cell database could be read: {reasons}")
         glance = open_glance(settings)
         try:
-            return _Scan(settings, nova, glance, moment).run()
+            return _Scan(settings, nova, glance, moment, probe).run()
         finally:
             glance.db.dispose()
     finally:

@@ -87,6 +87,8 @@ def image_dict(orphan: ImageOrphan) -> dict[str, Any]:
         "row_status": orphan.row_status,
         # Only for an image of an RBD store (PRODUCT.md "Ceph RBD stores").
         **({"rbd": orphan.rbd} if orphan.rbd is not None else {}),
+        # Only with --probe-hosts (PRODUCT.md "Compute nodes and cells at scale").
+        **({"copies": [c.as_dict() for c in orphan.copies]} if orphan.copies is not None else {}),
     }
 
 
@@ -106,6 +108,16 @@ def as_dict(inventory: Inventory) -> dict[str, Any]:
         "store_dir": inventory.store_dir,
         "scanned_at": _ts(inventory.scanned_at),
         "warnings": inventory.warnings,
+        # Only with --probe-hosts: every host asked, and the affected instances on them.
+        **(
+            {
+                "hosts": [h.as_dict() for h in inventory.hosts],
+                "instances": [i.as_dict() for i in inventory.instances or []],
+                "instances_path": inventory.instances_path,
+            }
+            if inventory.hosts is not None
+            else {}
+        ),
     }
 
 
@@ -239,10 +251,17 @@ def _table_lines(inventory: Inventory) -> list[str]:
         lines.extend(_wrap("hosts", i.hosts))
         lines.extend(_never_ran_line(i.never_ran))
         lines.extend(_wrap("_base file", i.base_files))
+        if i.copies is not None:
+            lines.extend(_wrap(f"copies found ({len(i.copies)})", [
+                f"{c.host}:{c.path} {c.format or '?'} {c.size} B mtime {_ts(c.mtime)} "
+                f"expires {_ts(c.expires) or 'never'}"
+                for c in i.copies
+            ]))  # fmt: skip
         if i.row_status not in (None, "deleted", i.status):
             lines.append(f"    row: status {i.row_status} with deleted=1")
         lines.append(f"    recover: {i.recover}" if i.recover else f"    recover: no ({i.note})")
     lines.append("")
+    lines.extend(_probe_section(inventory))
     lines.extend(_never_ran_section(inventory))
     scanned = ", ".join(f"{c.name}" + ("" if c.ok else " (UNREACHABLE)") for c in inventory.cells)
     lines.extend(textwrap.wrap(f"Cells: {scanned}", width=WIDTH, subsequent_indent="  "))
@@ -256,8 +275,38 @@ def _table_lines(inventory: Inventory) -> list[str]:
         f"Summary: {len(inventory.flavors)} flavor(s), {len(inventory.images)} image(s), "
         f"{len(affected)} instance(s) affected"
         + (f"; {len(never_ran)} failed build(s) in cell0 set apart" if never_ran else "")
-        + ("; PARTIAL: some cells were not scanned" if inventory.partial else "")
-    )
+        + ("; PARTIAL: some cells were not scanned" if any(not c.ok for c in inventory.cells)
+           else "")
+        + ("; PARTIAL: some hosts were not probed" if any(not h.ok for h in inventory.hosts or ())
+           else "")
+    )  # fmt: skip
+    return lines
+
+
+def _probe_section(inventory: Inventory) -> list[str]:
+    """``--probe-hosts``: the disks backed by another image, and every host asked."""
+    if inventory.hosts is None:
+        return []
+    lines = []
+    other = [i for i in inventory.instances or [] if i.other_image]
+    lines.append(f"Disks backed by another image than their image_ref: {len(other)}")
+    for entry in other:
+        lines.append(f"  instance {entry.uuid} on {entry.host}: backed by image "
+                     f"{entry.backing_image} (_base/{entry.backing_file}), image_ref "
+                     f"{entry.image_ref}")  # fmt: skip
+    failed = [i for i in inventory.instances or [] if i.chain is not None and i.chain.error]
+    for entry in failed:
+        lines.append(f"  instance {entry.uuid} on {entry.host}: {entry.chain.error}")  # type: ignore[union-attr]
+    lines.append(f"Compute hosts probed ({inventory.instances_path}): {len(inventory.hosts)}")
+    for host in inventory.hosts:
+        if host.ok:
+            lines.append(f"  {host.host}: ok, unused _base files removed after "
+                         f"{host.min_age} s ({host.min_age_from})" if host.remove_unused else
+                         f"  {host.host}: ok, unused _base files kept (remove_unused_base_images"
+                         " = False)")  # fmt: skip
+        else:
+            lines.append(f"  {host.host}: UNREACHABLE: {host.error}")
+    lines.append("")
     return lines
 
 
@@ -337,12 +386,12 @@ def render_prometheus(inventory: Inventory) -> str:
         "metrics then leave its instances out).",
         [(f'{{cell="{_label(c.name)}"}}', int(c.ok)) for c in inventory.cells],
     )
-    # The copies found on compute hosts come from `inventory --probe-hosts` (issue 13), which
-    # fills ImageOrphan.copies; without it nothing is known, and a 0 would be a false alarm.
+    # The copies found on compute hosts come from `inventory --probe-hosts`, which fills
+    # ImageOrphan.copies; without it nothing is known, and a 0 would be a false alarm.
     copies = [
-        (f'{{image="{_label(i.id)}"}}', len(found))
+        (f'{{image="{_label(i.id)}"}}', len(i.copies))
         for i in inventory.images
-        if (found := getattr(i, "copies", None)) is not None
+        if i.copies is not None
     ]
     gauge(
         "recover_image_copies",
