@@ -276,8 +276,12 @@ def _info(text: str) -> ImageInfo | str:
             raise ValueError
         if not isinstance(size, int) or not 0 <= size < 1 << 62:
             raise ValueError
-        return ImageInfo(fmt, size, None, None, False)
-    except (ValueError, TypeError):
+        info = ImageInfo.from_json(data)
+        backing = info.backing_file
+        if backing is not None and not (isinstance(backing, str) and len(backing) <= 4096):
+            raise ValueError
+        return info
+    except (ValueError, TypeError, AttributeError):
         lines = [line for line in text.splitlines() if line.strip()]
         return f"qemu-img info failed: {_bounded(lines[-1] if lines else 'no output')}"
 

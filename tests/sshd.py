@@ -12,6 +12,12 @@ Used through the fixtures at the end of ``tests/conftest.py``:
 * ``counting_ssh``: a :class:`CountingSsh`, an ssh command that logs the bytes it
   received on stdout per call.
 
+``server.start_node(alias, root)`` starts one more ``sshd`` (same keys, its own port)
+in a mount namespace of its own, where ``root/instances`` is bind-mounted over
+``/var/lib/nova/instances`` (nova's default ``instances_path``) and, when
+``root/etc/nova`` exists, that directory appears as ``/etc/nova``: each such compute
+node sees its own files at nova's own paths. Needs root (``unshare --mount``).
+
 Every "remote" file is a local file: the compute nodes are this machine, and the
 login user is the current user (root in CI).
 
@@ -34,6 +40,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,8 +105,15 @@ class SshdServer:
     log: Path
     down_port: int
     down_socket: socket.socket
+    files: _ServerFiles
     startup_seconds: float = 0.0
     hosts: dict[str, HostAlias] = field(default_factory=dict)
+    #: The namespaced compute nodes started by :meth:`start_node`, by alias.
+    nodes: dict[str, ComputeNode] = field(default_factory=dict)
+
+    @property
+    def sshd(self) -> str:
+        return self.files.sshd
 
     @property
     def ssh_command(self) -> str:
@@ -159,16 +173,79 @@ class SshdServer:
             return f"(no sshd log: {exc})"
         return "\n".join(text.splitlines()[-lines:])
 
+    def start_node(self, alias: str, root: Path) -> ComputeNode:
+        """Start an sshd in its own mount namespace that sees ``root/instances`` as
+        ``/var/lib/nova/instances`` (and ``root/etc/nova`` as ``/etc/nova`` if it
+        exists); ``alias`` reaches it. Stopped by :meth:`stop` or ``node.stop()``."""
+        unshare = require_binary("unshare")
+        instances = root / "instances"
+        instances.mkdir(parents=True, exist_ok=True)
+        # The mount points must exist; where the machine has none, an overlay of a
+        # skeleton over /var/lib (or /etc) adds them inside the namespace only.
+        skel = self.directory / "skel"
+        (skel / "var-lib" / "nova" / "instances").mkdir(parents=True, exist_ok=True)
+        script = (
+            "set -e; "
+            "[ -d /var/lib/nova/instances ] || "
+            'mount -t overlay overlay -o "lowerdir=$1:/var/lib" /var/lib; '
+            'mount --bind "$2" /var/lib/nova/instances; '
+            'if [ -d "$3/nova" ]; then mount -t overlay overlay -o "lowerdir=$3:/etc" /etc; fi; '
+            'shift 3; exec "$@"'
+        )
+        config = root / "sshd_config"
+        log = root / "sshd.log"
+
+        def argv(port: int) -> list[str]:
+            _write_sshd_config(self.files, config, port, root / "sshd.pid")
+            return [
+                unshare, "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+                str(skel / "var-lib"), str(instances), str(root / "etc"),
+                self.sshd, "-D", "-e", "-f", str(config),
+            ]  # fmt: skip
+
+        process, port = _launch(argv, log)
+        node = ComputeNode(alias, root, process, port, log)
+        self.nodes[alias] = node
+        self.hosts[alias] = HostAlias(port, self.client_key)
+        self.write_client_config()
+        return node
+
     def stop(self) -> None:
         """Stop sshd (SIGTERM, then SIGKILL after 10 s); sessions still open end with it."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        for node in self.nodes.values():
+            node.stop()
+        _terminate(self.process)
         self.down_socket.close()
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class ComputeNode:
+    """An sshd in a mount namespace of its own (:meth:`SshdServer.start_node`)."""
+
+    alias: str
+    root: Path
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def instances(self) -> Path:
+        """The directory the node sees as /var/lib/nova/instances."""
+        return self.root / "instances"
+
+    def stop(self) -> None:
+        """Stop this node's sshd, by its pid (the namespace goes with it)."""
+        _terminate(self.process)
 
 
 def _openssh_version(ssh: str) -> tuple[int, int]:
@@ -206,6 +283,70 @@ def _closed_port() -> tuple[socket.socket, int]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     return sock, sock.getsockname()[1]
+
+
+@dataclass
+class _ServerFiles:
+    """What every sshd of a session shares: keys, authorized_keys, the binary."""
+
+    directory: Path
+    host_key: Path
+    authorized: Path
+    version: tuple[int, int]
+    sshd: str
+
+
+def _write_sshd_config(
+    files: _ServerFiles, config: Path, port: int, pidfile: Path
+) -> None:
+    extra = []
+    if files.version >= (9, 8):
+        # Refused logins would otherwise get 127.0.0.1 penalised (blocked) for a while.
+        extra.append("PerSourcePenalties no")
+    options = [
+        f"Port {port}",
+        "ListenAddress 127.0.0.1",
+        f"HostKey {files.host_key}",
+        f"AuthorizedKeysFile {files.authorized}",
+        f"PidFile {pidfile}",
+        "PermitRootLogin prohibit-password",
+        "PubkeyAuthentication yes",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "StrictModes no",
+        "UsePAM no",
+        "PrintMotd no",
+        "X11Forwarding no",
+        "PermitUserEnvironment HOME,PATH",  # the environment= options of authorized_keys
+        # Tests open many short connections, some at once; the default
+        # MaxStartups 10:30:100 randomly drops unauthenticated ones beyond 10.
+        "MaxStartups 200",
+        "MaxSessions 200",
+        "LogLevel INFO",
+        *extra,
+    ]
+    config.write_text("\n".join(options) + "\n")
+
+
+def _launch(
+    argv: Callable[[int], list[str]], log: Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``argv(port)`` on a free port until its banner answers (5 tries)."""
+    for attempt in range(5):
+        port = get_port(None) or 0
+        with log.open("ab") as log_file:
+            process = subprocess.Popen(
+                argv(port), stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file
+            )
+        if _wait_for_banner(process, port, time.monotonic() + START_TIMEOUT_S):
+            return process, port
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        text = log.read_text(errors="replace")
+        if "Address already in use" not in text or attempt == 4:
+            raise RuntimeError(f"could not start sshd on port {port}; {log}:\n{text[-3000:]}")
+    raise AssertionError("unreachable")
 
 
 def start_sshd(directory: Path) -> SshdServer:
@@ -246,53 +387,13 @@ def start_sshd(directory: Path) -> SshdServer:
         Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
     log = directory / "sshd.log"
     config = directory / "sshd_config"
-    extra = []
-    if _openssh_version(ssh) >= (9, 8):
-        # Refused logins would otherwise get 127.0.0.1 penalised (blocked) for a while.
-        extra.append("PerSourcePenalties no")
-    process: subprocess.Popen[bytes] | None = None
-    port = 0
-    for attempt in range(5):
-        port = get_port(None) or 0
-        options = [
-            f"Port {port}",
-            "ListenAddress 127.0.0.1",
-            f"HostKey {host_key}",
-            f"AuthorizedKeysFile {authorized}",
-            f"PidFile {directory / 'sshd.pid'}",
-            "PermitRootLogin prohibit-password",
-            "PubkeyAuthentication yes",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "StrictModes no",
-            "UsePAM no",
-            "PrintMotd no",
-            "X11Forwarding no",
-            "PermitUserEnvironment HOME,PATH",  # the environment= options above
-            # Tests open many short connections, some at once; the default
-            # MaxStartups 10:30:100 randomly drops unauthenticated ones beyond 10.
-            "MaxStartups 200",
-            "MaxSessions 200",
-            "LogLevel INFO",
-            *extra,
-        ]
-        config.write_text("\n".join(options) + "\n")
-        with log.open("ab") as log_file:
-            process = subprocess.Popen(
-                [sshd, "-D", "-e", "-f", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
-            )
-        if _wait_for_banner(process, port, time.monotonic() + START_TIMEOUT_S):
-            break
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        text = log.read_text(errors="replace")
-        if "Address already in use" not in text or attempt == 4:
-            raise RuntimeError(f"could not start {sshd} on port {port}; {log}:\n{text[-3000:]}")
-    assert process is not None
+    server_options = _ServerFiles(directory, host_key, authorized, _openssh_version(ssh), sshd)
+
+    def argv(port: int) -> list[str]:
+        _write_sshd_config(server_options, config, port, directory / "sshd.pid")
+        return [sshd, "-D", "-e", "-f", str(config)]
+
+    process, port = _launch(argv, log)
     down_socket, down_port = _closed_port()
     server = SshdServer(
         directory=directory,
@@ -305,6 +406,7 @@ def start_sshd(directory: Path) -> SshdServer:
         log=log,
         down_port=down_port,
         down_socket=down_socket,
+        files=server_options,
     )
     for alias in COMPUTE_HOSTS:
         server.hosts[alias] = HostAlias(port, client_key)

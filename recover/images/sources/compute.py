@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import posixpath
 from collections.abc import Iterable
 
 from recover.config import Settings
 from recover.db.cloud import open_nova
 from recover.errors import ConfigError, NotFoundError, RecoverError, RefusedError
+from recover.images.qemu import ImageInfo
 from recover.images.rules import ImageRules
 from recover.images.sources.transfer import TransportSource
 from recover.images.transport import SshTransport
 from recover.inventory import base_file_name
+from recover.probe import BaseCopy, HostProbe, probe_hosts
+from recover.text import printable
+
+log = logging.getLogger(__name__)
 
 
 def base_names(image_id: str, typed: str, spellings: Iterable[str] = ()) -> list[str]:
@@ -55,17 +61,20 @@ def compute_node_source(
     settings: Settings, from_host: str, instances_path: str, typed_id: str, image_id: str,
     rules: ImageRules,
 ) -> TransportSource:  # fmt: skip
-    """The first host (``from_host``, or every host running the image when it is "") that
-    has the ``_base`` file; refused when none has."""
+    """The first host (``from_host``, or the best of the hosts running the image when it
+    is "": :func:`ranked_hosts`) that has the ``_base`` file; refused when none has."""
     base_dir = posixpath.join(instances_path, "_base")
     hosts: dict[str, set[str]]
+    misses: list[str] = []
     if from_host:
         hosts = {from_host: set()}
     else:
-        hosts = hosts_running(settings, image_id)
-        if not hosts:
+        running = hosts_running(settings, image_id)
+        if not running:
             raise NotFoundError(f"no live instance of image {image_id} runs on a compute host")
-    misses = []
+        hosts, misses = ranked_hosts(running, instances_path, typed_id, image_id, rules)
+        if not hosts:
+            raise NotFoundError(f"no compute node has the _base file: {'; '.join(misses)}")
     for host, spellings in hosts.items():
         paths = [posixpath.join(base_dir, n) for n in base_names(image_id, typed_id, spellings)]
         try:
@@ -74,10 +83,75 @@ def compute_node_source(
                 if transport.stat_size(base) is not None:
                     return TransportSource(transport, base, rules, image_id)
             misses.append(f"{host}: no {' nor '.join(paths)}")
-        except RefusedError:
-            raise
+        except RefusedError as exc:
+            if from_host:
+                raise
+            misses.append(f"{host}: {exc}")
         except RecoverError as exc:
-            if len(hosts) == 1:
+            if len(hosts) == 1 and from_host:
                 raise
             misses.append(f"{host}: {exc}")
     raise NotFoundError(f"no compute node has the _base file: {'; '.join(misses)}")
+
+
+def ranked_hosts(
+    running: dict[str, set[str]], instances_path: str, typed_id: str, image_id: str,
+    rules: ImageRules,
+) -> tuple[dict[str, set[str]], list[str]]:  # fmt: skip
+    """``--from-host`` without a value: probe the hosts (recover.probe, one ssh connection
+    each, at once) and order those that hold a copy: verified copies first (qemu-img reads a
+    whole image of the image's virtual size), then the freshest (latest mtime: the copy
+    nova's cache manager touched last, so keeps longest). Says which it chose and why.
+
+    Returns the hosts to try in that order, each with its spellings, and why the others
+    are left out.
+    """
+    requests = {
+        host: (base_names(image_id, typed_id, spellings), ()) for host, spellings in running.items()
+    }
+    probes = probe_hosts(requests, instances_path)
+    found: list[tuple[bool, BaseCopy, str]] = []
+    misses: list[str] = []
+    for host, probe in probes.items():
+        best = _best_copy(probe, requests[host][0], instances_path, image_id, rules)
+        if best is None:
+            misses.append(
+                f"{host}: {probe.error}" if not probe.ok else f"{host}: no _base copy of it"
+            )
+        else:
+            found.append((*best, host))
+    found.sort(key=lambda f: (not f[0], -f[1].mtime.timestamp(), f[2]))
+    if found:
+        verified, copy, host = found[0]
+        why = "a verified copy" if verified else "no verified copy anywhere; an unverified copy"
+        others = [f"{h} ({'verified' if v else 'unverified'}, mtime {c.mtime})"
+                  for v, c, h in found[1:]]  # fmt: skip
+        log.warning(
+            f"--from-host: chose {printable(host)}: {why} ({copy.path}, {copy.format}, "
+            f"{copy.size} bytes, mtime {copy.mtime}), the freshest of {len(found)} host(s) "
+            f"holding one"
+            + (f"; then {', '.join(printable(o) for o in others)}" if others else "")
+            + (f"; left out: {'; '.join(printable(m) for m in misses)}" if misses else "")
+        )
+    return {host: running[host] for _, _, host in found}, misses
+
+
+def _best_copy(
+    probe: HostProbe, names: list[str], instances_path: str, image_id: str, rules: ImageRules
+) -> tuple[bool, BaseCopy] | None:
+    """The host's best copy of the image: a verified one first, then the freshest."""
+    copies = []
+    for name in names:
+        copy = probe.copy(name, instances_path) if probe.ok else None
+        if copy is None:
+            continue
+        info = probe.infos.get(name)
+        verified = False
+        if isinstance(info, ImageInfo):
+            try:  # the same check TransportSource makes, without --accept-new-bytes
+                ImageRules(image_id, rules.row, False).check_info(info, copy.path)
+                verified = True
+            except RefusedError:
+                pass
+        copies.append((verified, copy))
+    return max(copies, key=lambda c: (c[0], c[1].mtime), default=None)
