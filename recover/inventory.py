@@ -27,6 +27,7 @@ from recover.db.engine import describe_db_error
 from recover.db.scatter import CellTimeout
 from recover.errors import DatabaseError
 from recover.glance import ChildCounts, GlanceReader
+from recover.images.rules import ImageRules
 from recover.images.sources.rbd import inventory_facts
 from recover.nova import (
     CellReader,
@@ -159,6 +160,8 @@ class ImageOrphan:
     rbd: dict[str, Any] | None = None
     #: ``--probe-hosts``: the ``_base`` files found on the probed hosts (None: not probed).
     copies: list[BaseCopy] | None = None
+    #: The row's columns the size rules read (``recover.images.rules``).
+    row_facts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def base_file(self) -> str:
@@ -552,13 +555,14 @@ class _Scan:
             found.append(entry)
         images[:] = self._backing_orphans(images, found, refs)
         for image in images:
+            rules = ImageRules(image.id, image.row_facts, False)
             image.copies = sorted(
                 (
                     copy
                     for probe in probes.values()
                     if probe.ok
                     for name in _base_names(image, found)
-                    if (copy := probe.copy(name, options.instances_path)) is not None
+                    if (copy := probe.copy(name, options.instances_path, rules)) is not None
                 ),
                 key=lambda c: (c.host, c.path),
             )
@@ -787,6 +791,11 @@ class _Scan:
                 store_file=self._store_file(image_id),
                 children=children.get(image_id, ChildCounts()),
                 rbd=rbd.get(image_id),
+                row_facts=(
+                    {k: getattr(row, k, None) for k in ("virtual_size", "size", "disk_format")}
+                    if row is not None
+                    else {}
+                ),
             )
             image.recover, image.note = _image_suggestion(image)
             if image.recover and image.row_status == "deactivated":
@@ -914,12 +923,14 @@ def _copy_suggestion(image: ImageOrphan) -> None:
         return
     if image.rbd is not None and image.rbd.get("state") in RBD_NOTES:
         return
-    best = max(image.copies, key=lambda c: (c.mtime, c.format is not None))
+    best = max(image.copies, key=lambda c: (c.verified, c.mtime))
     quoted = shlex.quote(image.id)
     image.recover = f"recover image {quoted} --from-host {shlex.quote(best.host)}"
     image.note = (
-        f"{best.path} on {best.host}, the freshest of {len(image.copies)} "
-        f"cop{'y' if len(image.copies) == 1 else 'ies'} found by --probe-hosts"
+        f"{best.path} on {best.host}: the freshest "
+        + ("verified " if best.verified else "(none verified) ")
+        + f"of {len(image.copies)} cop{'y' if len(image.copies) == 1 else 'ies'} "
+        "found by --probe-hosts"
     )
 
 

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from recover.errors import RecoverError
+from recover.errors import RecoverError, RefusedError
 from recover.images.qemu import ImageInfo
+from recover.images.rules import ImageRules
 from recover.images.transport import SshTransport
 from recover.text import printable
 
@@ -109,8 +110,9 @@ class BaseCopy:
     #: When nova's image cache manager may remove it once no instance uses it; None: never
     #: (``remove_unused_base_images = False``).
     expires: datetime | None
-    #: qemu-img's virtual size, when it could read the file.
-    virtual_size: int | None = None
+    #: qemu-img read a whole image (no backing file, not corrupt) of the image's virtual
+    #: size: the check ``recover image`` makes before it takes the copy.
+    verified: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -120,6 +122,7 @@ class BaseCopy:
             "format": self.format,
             "mtime": self.mtime.isoformat(sep=" "),
             "expires": self.expires.isoformat(sep=" ") if self.expires else None,
+            "verified": self.verified,
         }
 
 
@@ -168,28 +171,29 @@ class HostProbe:
             "min_age_from": self.min_age_from if self.ok else None,
         }
 
-    def copy(self, name: str, instances_path: str) -> BaseCopy | None:
-        """The ``_base/<name>`` file of this host, if it has one."""
+    def copy(self, name: str, instances_path: str, rules: ImageRules) -> BaseCopy | None:
+        """The ``_base/<name>`` file of this host, if it has one, checked by ``rules``."""
         found = self.base.get(name)
         if found is None:
             return None
         size, mtime = found
         info = self.infos.get(name)
         fmt = info.format if isinstance(info, ImageInfo) else None
-        virtual = info.virtual_size if isinstance(info, ImageInfo) else None
         path = posixpath.join(instances_path, "_base", name)
-        if fmt is None:  # a disk's chain may have read it
-            for chain in self.disks.values():
-                fmt = next((f for p, f in chain.files[1:] if posixpath.basename(p) == name), None)
-                if fmt is not None:
-                    break
+        verified = False
+        if isinstance(info, ImageInfo):
+            try:  # the check TransportSource makes, never with --accept-new-bytes
+                ImageRules(rules.image_id, rules.row, False).check_info(info, path)
+                verified = True
+            except RefusedError:
+                pass
         # nova 34 nova/virt/libvirt/imagecache.py _get_age_of_file: the age is
         # time.time() - os.path.getmtime(base_file); _remove_old_enough_file removes it once
         # that age reaches remove_unused_original_minimum_age_seconds, and _mark_in_use
         # (nova.privsep.path.utime: os.utime(path, None)) resets the mtime on every pass while
         # an instance uses it. So the mtime, not the atime, starts the clock.
         expires = _utc(mtime + self.min_age) if self.remove_unused else None
-        return BaseCopy(self.host, path, size, fmt, _utc(mtime), expires, virtual)
+        return BaseCopy(self.host, path, size, fmt, _utc(mtime), expires, verified)
 
 
 def _bounded(text: str) -> str:
@@ -242,7 +246,10 @@ def _conf(probe: HostProbe, lines: list[str]) -> None:
             )
 
 
-def _chain(uuid: str, text: str, rc: str | None, instances_path: str) -> DiskChain:
+def _chain(
+    probe: HostProbe, uuid: str, text: str, rc: str | None, instances_path: str
+) -> DiskChain:
+    """The chain of one disk; what it says of a ``_base`` file is kept as that file's info."""
     chain = DiskChain(uuid)
     try:
         data = json.loads(text)
@@ -257,6 +264,12 @@ def _chain(uuid: str, text: str, rc: str | None, instances_path: str) -> DiskCha
             if len(fmt) > 32 or not fmt.isprintable() or not name.isprintable():
                 raise ValueError("unprintable filename or format")
             chain.files.append((name, fmt))
+        for (name, _), item in zip(chain.files[1:], data[1:], strict=True):
+            base = posixpath.basename(name)
+            if posixpath.normpath(name) == posixpath.join(instances_path, "_base", base):
+                info = _info(json.dumps(item))
+                if isinstance(info, ImageInfo):
+                    probe.infos.setdefault(base, info)
     except ValueError:
         lines = [line for line in text.splitlines() if line.strip()]
         detail = lines[-1] if lines else f"exit status {rc}"
@@ -313,7 +326,7 @@ def parse(
         elif section == "info" and subject in names:
             probe.infos[subject] = _info(text)
         elif section == "disk" and subject in uuids:
-            probe.disks[subject] = _chain(subject, text, rc, instances_path)
+            probe.disks[subject] = _chain(probe, subject, text, rc, instances_path)
         elif section == "nodisk" and subject in uuids:
             disk = posixpath.join(instances_path, subject, "disk")
             probe.disks[subject] = DiskChain(subject, error=f"no {disk} on the host")

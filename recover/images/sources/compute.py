@@ -9,7 +9,6 @@ from collections.abc import Iterable
 from recover.config import Settings
 from recover.db.cloud import open_nova
 from recover.errors import ConfigError, NotFoundError, RecoverError, RefusedError
-from recover.images.qemu import ImageInfo
 from recover.images.rules import ImageRules
 from recover.images.sources.transfer import TransportSource
 from recover.images.transport import SshTransport
@@ -140,18 +139,10 @@ def _best_copy(
     probe: HostProbe, names: list[str], instances_path: str, image_id: str, rules: ImageRules
 ) -> tuple[bool, BaseCopy] | None:
     """The host's best copy of the image: a verified one first, then the freshest."""
-    copies = []
-    for name in names:
-        copy = probe.copy(name, instances_path) if probe.ok else None
-        if copy is None:
-            continue
-        info = probe.infos.get(name)
-        verified = False
-        if isinstance(info, ImageInfo):
-            try:  # the same check TransportSource makes, without --accept-new-bytes
-                ImageRules(image_id, rules.row, False).check_info(info, copy.path)
-                verified = True
-            except RefusedError:
-                pass
-        copies.append((verified, copy))
-    return max(copies, key=lambda c: (c[0], c[1].mtime), default=None)
+    copies = [
+        copy
+        for name in names
+        if probe.ok and (copy := probe.copy(name, instances_path, rules)) is not None
+    ]
+    best = max(copies, key=lambda c: (c.verified, c.mtime), default=None)
+    return (best.verified, best) if best is not None else None
