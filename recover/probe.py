@@ -74,7 +74,10 @@ else
 fi
 if ! cd -- "$p" 2>/dev/null; then echo "@@recover nodir"; exit 0; fi
 echo "@@recover base"
-[ -d _base ] && find _base/ -maxdepth 1 -type f -printf '%s %T@ %f\n' 2>/dev/null | head -n 100000
+h='[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]'
+# Only names of 40 hex digits (nova's get_cache_fname): no file name can forge a line.
+[ -d _base ] && find _base/ -maxdepth 1 -type f -name "$h$h$h$h$h" \
+  -printf '%s %T@ %f\n' 2>/dev/null | head -n 100000
 while read -r kind value; do
   case $kind in
     n) [ -f "_base/$value" ] || continue
@@ -230,7 +233,7 @@ def _conf(probe: HostProbe, lines: list[str]) -> None:
             else:
                 probe.warnings.append(
                     f"{probe.host}: nova.conf [{group}] remove_unused_original_minimum_age_"
-                    f"seconds = {_bounded(raw)!r} is not an integer; nova's default assumed"
+                    f"seconds = {_bounded(raw)} is not an integer; nova's default assumed"
                 )
         flag = found.get((group, "remove_unused_base_images"))
         if flag is not None and flag.lower() in ("false", "no", "off", "0"):
@@ -241,7 +244,7 @@ def _conf(probe: HostProbe, lines: list[str]) -> None:
         value = found.get(key)
         if value is not None and value != "_base":
             probe.warnings.append(
-                f"{probe.host}: nova.conf sets the image cache directory to {_bounded(value)!r}; "
+                f"{probe.host}: nova.conf sets the image cache directory to {_bounded(value)}; "
                 "the probe looked in _base only"
             )
 
@@ -321,8 +324,9 @@ def parse(
         elif section == "base":
             for line in body:
                 match = _BASE_LINE.fullmatch(line)
-                if match and len(probe.base) < MAX_BASE_FILES:
-                    probe.base[match.group(3)] = (int(match.group(1)), int(match.group(2)))
+                if match and len(probe.base) < MAX_BASE_FILES:  # the first line of a name
+                    found = (int(match.group(1)), int(match.group(2)))
+                    probe.base.setdefault(match.group(3), found)
         elif section == "info" and subject in names:
             probe.infos[subject] = _info(text)
         elif section == "disk" and subject in uuids:
@@ -359,7 +363,7 @@ def parse(
             section = ""
             break
         else:
-            raise RecoverError(f"the probe printed an unexpected line: {_bounded(line)!r}")
+            raise RecoverError(f"the probe printed an unexpected line: {_bounded(line)}")
     if not ended:
         raise RecoverError("the probe's output ended early")
     probe.ok = True

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -20,7 +21,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from recover.cli import cli
+from recover.errors import RecoverError
 from recover.inventory import base_file_name
+from recover.probe import MAX_OUTPUT, _run_bounded, parse
 from tests.clouds import Cloud, MakeDb
 from tests.compute_nodes import (
     INSTANCES,
@@ -227,7 +230,8 @@ def test_a_host_that_never_answers_costs_the_timeout_and_is_named(
     )
     report = json.loads(result.stdout)
     assert [(h["name"], h["ok"]) for h in report["hosts"]] == [
-        ("compute-1", True), ("compute-hang", False)
+        ("compute-1", True),
+        ("compute-hang", False),
     ]
     assert report["images"][0]["copies"] == [
         copy("compute-1", SHA_D, len(D_DATA), T1, T1 + 3600, True)
@@ -331,3 +335,78 @@ def test_from_host_without_a_value_says_why_no_host_will_do(
         "file; --accept-new-bytes stores these bytes anyway, reported as NEW data"
     )
     assert not (scene.cloud.store / D).exists()
+
+
+# --- every byte a host prints is hostile ----------------------------------------------------
+
+NAMES = {SHA_D}
+UUIDS = {VM1}
+
+
+def probe_output(*sections: str) -> str:
+    return "\n".join(["@@recover probe 1", *sections, "@@recover end", ""])
+
+
+def test_output_that_is_not_the_probes_is_refused() -> None:
+    with pytest.raises(RecoverError, match="did not run the probe script"):
+        parse("h", "Welcome to compute-1!\n@@recover probe 1\n", NAMES, UUIDS, INSTANCES)
+    with pytest.raises(RecoverError, match="the probe's output ended early"):
+        parse("h", "@@recover probe 1\n@@recover base\n", NAMES, UUIDS, INSTANCES)
+    with pytest.raises(RecoverError, match=r"unexpected line: @@recover rm -rf \\x1b\[2J$"):
+        parse("h", probe_output("@@recover rm -rf \x1b[2J"), NAMES, UUIDS, INSTANCES)
+
+
+def test_hostile_lines_names_and_json_are_ignored_or_bounded() -> None:
+    other = "f" * 40
+    text = probe_output(
+        "@@recover conf",
+        "[image_cache]",
+        "remove_unused_original_minimum_age_seconds = 12;",
+        "[DEFAULT]",
+        "image_cache_subdirectory_name = \x1b]0;owned\x07",
+        "@@recover base",
+        f"1048576 1790000000.5 {SHA_D}",
+        f"99 1790000000 {SHA_D}\nforged",  # one line per file: the forged tail is no file
+        f"-1 1790000000 {other}",
+        f"12 99999999999999999999 {other}",
+        "7 1790000000 ../../etc/passwd",
+        f"@@recover info {other}",  # not asked for: ignored
+        '{"format": "raw", "virtual-size": 1}',
+        "@@recover rc 0",
+        f"@@recover info {SHA_D}",
+        '{"format": "raw\\u001b[31m", "virtual-size": 1048576}',
+        "@@recover rc 0",
+        f"@@recover disk {VM1}",
+        json.dumps([{"filename": "/x/disk", "format": "qcow2"}] * 40),  # deeper than MAX_CHAIN
+        "@@recover rc 0",
+        f"@@recover disk {VM2}",  # not asked for: ignored
+        "[]",
+    )
+    probe = parse("h", text, NAMES, UUIDS, INSTANCES)
+    assert probe.ok
+    assert (probe.min_age, probe.min_age_from) == (86400, "nova default")
+    assert probe.warnings == [
+        "h: nova.conf [image_cache] remove_unused_original_minimum_age_seconds = 12; is not "
+        "an integer; nova's default assumed",
+        "h: nova.conf sets the image cache directory to \\x1b]0;owned\\x07; the probe "
+        "looked in _base only",
+    ]
+    assert probe.base == {SHA_D: (1048576, 1790000000)}
+    assert probe.infos == {SHA_D: "qemu-img info failed: {\"format\": \"raw\\u001b[31m\", "
+                                  "\"virtual-size\": 1048576}"}  # fmt: skip
+    assert list(probe.disks) == [VM1]
+    assert probe.disks[VM1].files == []
+    assert probe.disks[VM1].error is not None
+    assert probe.disks[VM1].error.startswith(f"qemu-img info {INSTANCES}/{VM1}/disk failed: ")
+    assert len(probe.disks[VM1].error) <= 400
+
+
+def test_a_host_that_prints_without_end_is_cut_at_the_bound() -> None:
+    yes = shutil.which("yes")
+    assert yes is not None
+    started = time.monotonic()
+    returncode, out, _, stopped = _run_bounded([yes, "x" * 1000], b"", 30)
+    assert stopped == f"it printed more than {MAX_OUTPUT} bytes"
+    assert returncode is None
+    assert len(out) <= MAX_OUTPUT
+    assert time.monotonic() - started < 30

@@ -4,6 +4,8 @@ collector format, read back by Prometheus' own parser, equal to the JSON report.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,9 @@ from sqlalchemy import update
 
 from recover.cli import cli
 from recover.db.engine import open_database
-from tests import clouds
+from tests import clouds, compute_nodes
 from tests.clouds import Cloud, MakeDb
+from tests.sshd import start_sshd
 
 #: A cell name with every character the exposition format escapes in a label value.
 AWKWARD = 'cell "9" \\ west\nrack'
@@ -106,3 +109,62 @@ def test_an_unreachable_cell_is_down_and_its_name_escaped(modern: Cloud) -> None
     assert parsed == from_json(json.loads(js.stdout))
     assert parsed[("recover_cell_up", (("cell", AWKWARD),))] == 0
     assert "Sup3rSecret" not in prom.stdout + prom.stderr
+
+
+# --- --probe-hosts: recover_image_copies{image=...} -----------------------------------------
+
+IMAGE_D = "d0000000-0000-4000-8000-00000000000d"  # a copy on both hosts
+IMAGE_E = "e0000000-0000-4000-8000-00000000000e"  # used on compute-1, no copy anywhere
+
+
+@pytest.fixture
+def probed(make_db: MakeDb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
+    """Two compute nodes (tests/compute_nodes.py): D's _base on both, E's on neither."""
+    store = tmp_path / "store"
+    store.mkdir()
+    blob = compute_nodes.data(7, 65536)
+    sha = compute_nodes.base_file_name(IMAGE_D)
+    cloud = compute_nodes.small_cloud(
+        make_db, store,
+        images=[(compute_nodes.raw_image(IMAGE_D, "d", blob, store), datetime(2026, 10, 20)),
+                (compute_nodes.raw_image(IMAGE_E, "e", blob, store), datetime(2026, 10, 20))],
+        instances={"10000000-0000-4000-8000-000000000001": (IMAGE_D, "compute-1"),
+                   "10000000-0000-4000-8000-000000000002": (IMAGE_E, "compute-1"),
+                   "10000000-0000-4000-8000-000000000003": (IMAGE_D, "compute-2")},
+        prefix="pp",
+    )  # fmt: skip
+    files = compute_nodes.NodeFiles(base={sha: (blob, 1_790_000_000)})
+    (tmp_path / "sshd").mkdir()
+    server = start_sshd(tmp_path / "sshd")
+    try:
+        nodes = compute_nodes.start_nodes(
+            server, tmp_path / "nodes", {"compute-1": files, "compute-2": files}
+        )
+        monkeypatch.setenv("RECOVER_SSH_COMMAND", server.ssh_command)
+        yield cloud
+        compute_nodes.stop_nodes(server, nodes)
+    finally:
+        server.stop()
+
+
+def test_image_copies_are_the_probes_counts(probed: Cloud) -> None:
+    prom, js = (
+        CliRunner().invoke(cli, probed.args("inventory", "--probe-hosts", "--format", fmt))
+        for fmt in ("prometheus", "json")
+    )
+    assert (prom.exit_code, js.exit_code) == (0, 0), prom.stderr + js.stderr
+    data = json.loads(js.stdout)
+    expected = from_json(data)
+    for image in data["images"]:
+        expected[("recover_image_copies", (("image", image["id"]),))] = len(image["copies"])
+    parsed = samples(prom.stdout)
+    assert parsed == expected
+    assert {k: v for k, v in parsed.items() if k[0] == "recover_image_copies"} == {
+        ("recover_image_copies", (("image", IMAGE_D),)): 2,
+        ("recover_image_copies", (("image", IMAGE_E),)): 0,
+    }
+    assert prom.stdout.endswith(
+        "# TYPE recover_image_copies gauge\n"
+        f'recover_image_copies{{image="{IMAGE_D}"}} 2\n'
+        f'recover_image_copies{{image="{IMAGE_E}"}} 0\n'
+    )
