@@ -5,6 +5,7 @@
     scripts/bench --baseline 587a762   # also run recover as of that commit, side by side
     scripts/bench --only inventory     # or image, or cells (24 cells 20 ms away vs one)
     scripts/bench --only rbd --out docs/performance-rbd.md   # Ceph RBD (a private cluster)
+    scripts/bench --only probe --out /tmp/probe.md   # inventory --probe-hosts, 32 hosts
 
 Everything runs here, in one process tree: a private MariaDB server and sshd on
 free ports of 127.0.0.1, temporary files under --workdir (removed at the end).
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench_image
 import bench_inventory as inv
+import bench_probe
 import bench_rbd
 from bench_db import MariaDB
 from bench_util import (
     PYTHON,
     REPO,
     CpuMeter,
+    Run,
     Series,
     first_line,
     fmt_s,
@@ -62,6 +66,7 @@ TARGETS = {
     "image_rss_mb": 100.0,
     "rbd_import_vs_manual": 0.7,
     "rbd_trash_vs_export": 1.2,
+    "probe_ratio": 0.2,
 }
 
 
@@ -292,6 +297,57 @@ def cells_section(
         for proxy in proxies:
             proxy.close()
     end_section(section, meter, started)
+
+
+def probe_section(
+    results: Results, db: MariaDB, work: Path, recover: list[str], baseline: Path | None
+) -> None:
+    """Issue 13: ``inventory --probe-hosts`` of many hosts, 16 ssh connections at once vs 1."""
+    section, meter, started = start_section(results, "probe")
+    bench = bench_probe.ProbeBench(db, work / "probe", recover)
+    results.facts["probe"] = {"hosts": len(bench.hosts), "rtt": bench_probe.ROUND_TRIP_S,
+                              "ssh": bench_probe.describe_ssh(bench.server)}  # fmt: skip
+    try:
+        for workers in bench_probe.WORKERS:  # warm-up, untimed; every host must answer
+            bench.run(workers, check=True)
+        label = f"{len(bench.hosts)} hosts, {bench_probe.ROUND_TRIP_S * 1000:g} ms round trips"
+        variants: list[tuple[Series, Callable[[], Run]]] = [
+            (section.add(f"recover --ssh-workers {w}", shown(bench.argv(w), work), label),
+             lambda w=w: bench.run(w))  # type: ignore[misc]
+            for w in bench_probe.WORKERS
+        ]  # fmt: skip
+        variants.append((
+            section.add("one ssh connection", shown([*bench.server.ssh_argv(), "HOST", "true"],
+                                                    work), "informational: the floor per host"),
+            bench.ssh_once,
+        ))  # fmt: skip
+        print(f"  {len(variants)} variants x {results.runs} rounds", flush=True)
+        rounds(results.runs, variants, before=lambda: None)
+    finally:
+        bench.close()
+    end_section(section, meter, started)
+
+
+def probe_verdicts(results: Results, s: Section) -> list[Verdict]:
+    facts = results.facts["probe"]
+    many, one = s.get("recover --ssh-workers 16"), s.get("recover --ssh-workers 1")
+    ssh = s.get("one ssh connection")
+    ratio = many.median / one.median
+    limit = TARGETS["probe_ratio"]
+    hosts = facts["hosts"]
+    ideal = -(-hosts // 16) / hosts
+    return [Verdict(
+        f"inventory --probe-hosts of {hosts} hosts {facts['rtt'] * 1000:g} ms away,"
+        " --ssh-workers 16 vs 1",
+        f"{ratio:.2f}x ({fmt_s(many.median)} s / {fmt_s(one.median)} s)",
+        f"<= {limit}x", ratio <= limit,
+        why=f"16 at once can at best take {ideal:.2f}x of one at a time ({-(-hosts // 16)}"
+        f" rounds of {hosts}); what the connections cost in CPU does not overlap on"
+        f" {os.cpu_count()} cores shared with other users' jobs: each host costs an ssh key"
+        " exchange and login at both ends, a shell and qemu-img twice, about"
+        f" {fmt_s(ssh.median)} s for a bare `ssh HOST true` through the proxy, and recover's own"
+        " start (Python, the cell and Glance queries) is paid once in both.",
+    )]  # fmt: skip
 
 
 def json_cost(cloud: inv.Cloud, env: dict[str, str], out: Path) -> dict[str, float]:
@@ -609,6 +665,8 @@ def verdicts(results: Results) -> list[Verdict]:
         out += cells_verdicts(sec["cells"])
     if "rbd" in sec:
         out += rbd_verdicts(results, sec["rbd"])
+    if "probe" in sec:
+        out += probe_verdicts(results, sec["probe"])
     return out
 
 
@@ -769,7 +827,8 @@ def markdown(results: Results) -> str:
     out: list[str] = []
     w = out.append
     titles = [sec.title for sec in results.sections]
-    w("# Performance: Ceph RBD\n" if titles == ["rbd"] else "# Performance\n")
+    single = {"rbd": "# Performance: Ceph RBD\n", "probe": "# Performance: host probe\n"}
+    w(single.get(titles[0], "# Performance\n") if len(titles) == 1 else "# Performance\n")
     command = results.command
     w(
         f"Every figure on this page comes from one run of `{command}` ({results.started}) on"
@@ -1064,7 +1123,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, 3 runs, no file written")
     parser.add_argument("--runs", type=int, help="runs per measurement (default 5; --quick 3)")
     parser.add_argument(
-        "--only", choices=("inventory", "image", "cells", "rbd"), help="one section only"
+        "--only",
+        choices=("inventory", "image", "cells", "rbd", "probe"),
+        help="one section only",
     )
     parser.add_argument("--baseline", metavar="REV", help="also measure recover as of git REV")
     parser.add_argument("--out", type=Path, help="report file (default docs/performance.md)")
@@ -1107,6 +1168,8 @@ def main() -> int:
             cells_section(results, db, work, recover, baseline)
         if args.only == "rbd" or (args.only is None and bench_rbd.have_ceph()):
             rbd_section(results, db, work, recover, baseline)
+        if args.only in (None, "probe"):
+            probe_section(results, db, work, recover, baseline)
     finally:
         db.stop()
         if not args.keep:
