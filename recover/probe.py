@@ -58,7 +58,9 @@ _CONF_LINE = re.compile(
 _MARK = "@@recover"
 
 #: Runs under ``env LC_ALL=C sh -c SCRIPT sh <instances_path> <nova.conf>``; reads
-#: ``n <sha1>`` (a _base name to inspect) and ``u <uuid>`` (an instance disk) on stdin.
+#: ``u <uuid>`` (an instance disk) then ``n <sha1>`` (a _base name to inspect) on stdin.
+#: A _base file a disk's chain named is not read twice: :func:`_chain` keeps the chain's
+#: entry as that file's info when its path is ``<instances_path>/_base/<name>``.
 #: qemu-img gets ``-U`` (``--force-share``): the disks belong to running guests.
 SCRIPT = r"""
 p=$1; conf=$2
@@ -78,16 +80,21 @@ h='[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]'
 # Only names of 40 hex digits (nova's get_cache_fname): no file name can forge a line.
 [ -d _base ] && find _base/ -maxdepth 1 -type f -name "$h$h$h$h$h" \
   -printf '%s %T@ %f\n' 2>/dev/null | head -n 100000
+seen=
 while read -r kind value; do
   case $kind in
     n) [ -f "_base/$value" ] || continue
+       # A disk's chain already described this file: no second qemu-img for it.
+       case $seen in *"/_base/$value\""*) continue;; esac
        echo "@@recover info $value"
        qemu-img info -U --output=json -- "$p/_base/$value" </dev/null 2>&1
        echo; echo "@@recover rc $?";;
     u) echo "@@recover disk $value"
        if [ -f "$value/disk" ]; then
-         qemu-img info -U --backing-chain --output=json -- "$p/$value/disk" </dev/null 2>&1
-         echo; echo "@@recover rc $?"
+         out=$(qemu-img info -U --backing-chain --output=json -- "$p/$value/disk" </dev/null 2>&1)
+         rc=$?
+         printf '%s\n' "$out"; echo "@@recover rc $rc"
+         seen="$seen$out"
        else
          echo "@@recover nodisk"
        fi;;
@@ -434,8 +441,9 @@ def probe_host(
     try:
         transport = SshTransport(host)
         argv = transport.argv(["sh", "-c", SCRIPT, "sh", instances_path, nova_conf])
-        lines = [f"n {n}\n" for n in sorted(wanted_names)]
-        lines += [f"u {u}\n" for u in sorted(wanted_uuids)]
+        # The disks first: their chains describe the _base files they are backed by.
+        lines = [f"u {u}\n" for u in sorted(wanted_uuids)]
+        lines += [f"n {n}\n" for n in sorted(wanted_names)]
         request = "".join(lines)
         rc, out, err, stopped = _run_bounded(argv, request.encode(), timeout)
         if stopped is not None:

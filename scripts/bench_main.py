@@ -317,6 +317,11 @@ def probe_section(
             for w in bench_probe.WORKERS
         ]  # fmt: skip
         variants.append((
+            section.add("recover without --probe-hosts", shown(bench.plain_argv(), work),
+                        "informational: the part both pay once"),
+            bench.plain,
+        ))  # fmt: skip
+        variants.append((
             section.add("one ssh connection", shown([*bench.server.ssh_argv(), "HOST", "true"],
                                                     work), "informational: the floor per host"),
             bench.ssh_once,
@@ -331,8 +336,9 @@ def probe_section(
 def probe_verdicts(results: Results, s: Section) -> list[Verdict]:
     facts = results.facts["probe"]
     many, one = s.get("recover --ssh-workers 16"), s.get("recover --ssh-workers 1")
-    ssh = s.get("one ssh connection")
+    ssh, plain = s.get("one ssh connection"), s.get("recover without --probe-hosts")
     ratio = many.median / one.median
+    probing = (many.median - plain.median) / (one.median - plain.median)
     limit = TARGETS["probe_ratio"]
     hosts = facts["hosts"]
     ideal = -(-hosts // 16) / hosts
@@ -345,8 +351,10 @@ def probe_verdicts(results: Results, s: Section) -> list[Verdict]:
         f" rounds of {hosts}); what the connections cost in CPU does not overlap on"
         f" {os.cpu_count()} cores shared with other users' jobs: each host costs an ssh key"
         " exchange and login at both ends, a shell and qemu-img twice, about"
-        f" {fmt_s(ssh.median)} s for a bare `ssh HOST true` through the proxy, and recover's own"
-        " start (Python, the cell and Glance queries) is paid once in both.",
+        f" {fmt_s(ssh.median)} s for a bare `ssh HOST true` through the proxy; and the"
+        f" {fmt_s(plain.median)} s recover spends before any ssh (Python, the cell and Glance"
+        f" queries; the same inventory without --probe-hosts) is paid once in both: the"
+        f" probing alone takes {probing:.2f}x.",
     )]  # fmt: skip
 
 

@@ -83,6 +83,13 @@ class ProbeBench:
         self.env["RECOVER_SSH_COMMAND"] = self.server.ssh_command
         self.out = work / "probe.json"
 
+    def plain_argv(self) -> list[str]:
+        """The same inventory without the probe: what recover costs before any ssh."""
+        return [*self.recover, *self.cloud.args("inventory", "--format", "json")]
+
+    def plain(self) -> Run:
+        return measure(self.plain_argv(), env=self.env, stdout=self.out)
+
     def argv(self, workers: int) -> list[str]:
         return [*self.recover, *self.cloud.args("inventory", "--format", "json", "--probe-hosts",
                                                  "--ssh-workers", str(workers))]  # fmt: skip

@@ -296,9 +296,7 @@ class _ServerFiles:
     sshd: str
 
 
-def _write_sshd_config(
-    files: _ServerFiles, config: Path, port: int, pidfile: Path
-) -> None:
+def _write_sshd_config(files: _ServerFiles, config: Path, port: int, pidfile: Path) -> None:
     extra = []
     if files.version >= (9, 8):
         # Refused logins would otherwise get 127.0.0.1 penalised (blocked) for a while.
@@ -328,9 +326,7 @@ def _write_sshd_config(
     config.write_text("\n".join(options) + "\n")
 
 
-def _launch(
-    argv: Callable[[int], list[str]], log: Path
-) -> tuple[subprocess.Popen[bytes], int]:
+def _launch(argv: Callable[[int], list[str]], log: Path) -> tuple[subprocess.Popen[bytes], int]:
     """Start ``argv(port)`` on a free port until its banner answers (5 tries)."""
     for attempt in range(5):
         port = get_port(None) or 0
