@@ -90,6 +90,7 @@ class RecoverGroup(click.Group):
             self._interrupted(ctx, exc)
         except click.exceptions.Abort as exc:
             if signals.received() is not None:  # Ctrl-C at the confirmation prompt
+                click.echo(err=True)  # the cursor is still after the question
                 self._interrupted(ctx, exc)
             raise
         except (click.exceptions.Exit, click.ClickException):

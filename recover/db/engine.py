@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import MetaData, Table, create_engine, event, inspect
+from sqlalchemy import MetaData, Table, bindparam, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
@@ -67,14 +69,35 @@ class Database:
         """Reflect the named tables that exist (missing ones are simply absent)."""
         wanted = [n for n in names if self.has_table(n) and n not in self._tables]
         if wanted:
-            metadata = MetaData()
             try:
-                metadata.reflect(bind=self.engine, only=wanted)
+                if self.dialect == "mysql":
+                    key = self._columns_digest(wanted)
+                    self._tables.update(_SHARED.get(key, lambda: self._reflect(wanted)))
+                else:
+                    self._tables.update(self._reflect(wanted))
             except SQLAlchemyError as exc:
                 raise DatabaseError(f"cannot read {self.label}: {describe_db_error(exc)}") from exc
-            for name in wanted:
-                self._tables[name] = metadata.tables[name]
         return {n: self._tables[n] for n in names if n in self._tables}
+
+    def _reflect(self, wanted: list[str]) -> dict[str, Table]:
+        metadata = MetaData()
+        metadata.reflect(bind=self.engine, only=wanted)
+        return {name: metadata.tables[name] for name in wanted}
+
+    def _columns_digest(self, wanted: list[str]) -> str:
+        """What reflection of ``wanted`` depends on, in one round trip: every column's name,
+        position, type, nullability, default, key and collation. Two cells of one cloud
+        answer the same (nova-manage db sync runs the same migrations on each)."""
+        query = text(
+            "SELECT table_name, column_name, ordinal_position, column_type, is_nullable,"
+            " column_default, column_key, extra, collation_name"
+            " FROM information_schema.columns"
+            " WHERE table_schema = DATABASE() AND table_name IN :names"
+            " ORDER BY table_name, ordinal_position"
+        ).bindparams(bindparam("names", expanding=True))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query, {"names": sorted(wanted)}).all()
+        return hashlib.sha256(repr((sorted(wanted), [tuple(r) for r in rows])).encode()).hexdigest()
 
     def table(self, name: str) -> Table:
         tables = self.reflect([name])
@@ -102,6 +125,57 @@ class Database:
                         }
         return self._galera
 
+
+#: How long a cell waits for another cell's reflection of the same schema before it
+#: reflects its own (a cell that went silent mid-reflection must not stall the others).
+SHARED_REFLECTION_WAIT_S = 5.0
+
+
+class _SharedReflections:
+    """Tables reflected once per distinct schema, for every database that has it.
+
+    Reflection (``SHOW CREATE TABLE`` per table, parsed by SQLAlchemy) costs ~35 ms of CPU
+    per cell, under the GIL: with dozens of cells opened at once it was most of the
+    inventory's time (docs/performance.md, cells). Cells of one cloud have the same
+    tables, so the first cell to ask reflects and the others, whose columns digest is the
+    same, use those ``Table`` objects (they hold no connection; statements compile per
+    connection). Cells of another schema generation have another digest.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done: dict[str, dict[str, Table]] = {}
+        self._busy: dict[str, threading.Event] = {}
+
+    def get(self, key: str, reflect: Callable[[], dict[str, Table]]) -> dict[str, Table]:
+        with self._lock:
+            if key in self._done:
+                return self._done[key]
+            busy = self._busy.get(key)
+            if busy is None:
+                busy = self._busy[key] = threading.Event()
+                mine = True
+            else:
+                mine = False
+        if not mine:
+            busy.wait(SHARED_REFLECTION_WAIT_S)
+            with self._lock:
+                if key in self._done:
+                    return self._done[key]
+            return reflect()
+        tables: dict[str, Table] | None = None
+        try:
+            tables = reflect()
+            return tables
+        finally:
+            with self._lock:
+                if tables is not None:
+                    self._done[key] = tables
+                del self._busy[key]
+            busy.set()
+
+
+_SHARED = _SharedReflections()
 
 #: Key in a DBAPI connection's ``info``: True when the server is a Galera node.
 GALERA_KEY = "recover_galera"
@@ -216,6 +290,8 @@ def open_database(text: str, role: str, *, read_timeout: float | None = None) ->
         raise DatabaseError(f"{role} database {mask_url(url)}: {scrub(str(exc))}") from None
     if url.get_backend_name() == "mysql":
         event.listen(engine, "connect", _read_your_writes)
+        if url.get_driver_name() == MYSQL_DRIVER:
+            event.listen(engine, "do_connect", _connect_sharing_tls_context)
     try:
         with engine.connect():
             pass
@@ -225,3 +301,45 @@ def open_database(text: str, role: str, *, read_timeout: float | None = None) ->
             f"cannot connect to {role} database {mask_url(url)}: {describe_db_error(exc)}"
         ) from None
     return Database(role=role, url=url, engine=engine)
+
+
+def _preferred_tls_connection_class() -> type:
+    """PyMySQL's Connection, with one TLS context for every connection in PREFERRED mode.
+
+    PyMySQL >= 1.2 tries TLS on every connection that names no TLS option ("PREFERRED",
+    ``pymysql/connections.py`` ``Connection.__init__`` -> ``_create_ssl_ctx({})``) and
+    builds a new ``ssl.create_default_context()`` for each: the system CA bundle parsed
+    again, ~30 ms of CPU under the GIL, although that context verifies nothing
+    (``CERT_NONE``, no hostname check, as no CA was named). With dozens of cells opened at
+    once it was the largest cost of the inventory (docs/performance.md, cells). The same
+    context, built once by PyMySQL's own code, serves every such connection (an
+    ``SSLContext`` is safe to share between threads); any connection that names a TLS
+    option still gets its own, exactly as PyMySQL builds it.
+    """
+    import pymysql.connections
+
+    base: Any = pymysql.connections.Connection
+    shared: list[Any] = []
+    lock = threading.Lock()
+
+    class SharedTlsContextConnection(base):
+        def _create_ssl_ctx(self, sslp: Any) -> Any:
+            if sslp:
+                return super()._create_ssl_ctx(sslp)
+            with lock:
+                if not shared:
+                    shared.append(super()._create_ssl_ctx(sslp))
+                return shared[0]
+
+    return SharedTlsContextConnection
+
+
+_connection_class: type | None = None
+
+
+def _connect_sharing_tls_context(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
+    """SQLAlchemy's ``do_connect`` hook: connect as the dialect would, through the class above."""
+    global _connection_class
+    if _connection_class is None:
+        _connection_class = _preferred_tls_connection_class()
+    return _connection_class(*cargs, **cparams)
