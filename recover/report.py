@@ -294,9 +294,9 @@ def _probe_section(inventory: Inventory) -> list[str]:
         lines.append(f"  instance {entry.uuid} on {entry.host}: backed by image "
                      f"{entry.backing_image} (_base/{entry.backing_file}), image_ref "
                      f"{entry.image_ref}")  # fmt: skip
-    failed = [i for i in inventory.instances or [] if i.chain is not None and i.chain.error]
-    for entry in failed:
-        lines.append(f"  instance {entry.uuid} on {entry.host}: {entry.chain.error}")  # type: ignore[union-attr]
+    for entry in inventory.instances or []:
+        if entry.chain is not None and entry.chain.error:  # a disk that could not be read
+            lines.append(f"  instance {entry.uuid} on {entry.host}: {entry.chain.error}")
     lines.append(f"Compute hosts probed ({inventory.instances_path}): {len(inventory.hosts)}")
     for host in inventory.hosts:
         if host.ok:

@@ -410,3 +410,19 @@ def test_a_host_that_prints_without_end_is_cut_at_the_bound() -> None:
     assert returncode is None
     assert len(out) <= MAX_OUTPUT
     assert time.monotonic() - started < 30
+
+
+def test_bad_probe_options_are_one_line_before_any_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["inventory", "--probe-hosts", "--instances-path", "x;rm"])
+    assert result.exit_code == 2
+    assert "Invalid value for --instances-path: must be an absolute path" in result.stderr
+    monkeypatch.setenv("RECOVER_SSH_COMMAND", 'ssh "-F')
+    result = runner.invoke(cli, ["inventory", "--probe-hosts"])
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == (
+        "Error: RECOVER_SSH_COMMAND is not a valid command line: No closing quotation\n"
+    )
+    result = runner.invoke(cli, ["inventory", "--probe-hosts", "--ssh-workers", "0"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--ssh-workers': 0 is not in the range 1<=x<=256." in result.stderr
