@@ -69,7 +69,7 @@ keys="$keys|subdirectory_name|image_cache_subdirectory_name"
 echo "@@recover probe 1"
 if [ -r "$conf" ]; then
   echo "@@recover conf"
-  grep -E "^[[:space:]]*(\[|$keys)" -- "$conf" | head -c 65536
+  grep -E "^[[:space:]]*(\[|$keys)" -- "$conf"
   echo
 else
   echo "@@recover noconf"
@@ -78,8 +78,9 @@ if ! cd -- "$p" 2>/dev/null; then echo "@@recover nodir"; exit 0; fi
 echo "@@recover base"
 h='[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]'
 # Only names of 40 hex digits (nova's get_cache_fname): no file name can forge a line.
+# No `head` here or above: the reader bounds the whole output (MAX_OUTPUT).
 [ -d _base ] && find _base/ -maxdepth 1 -type f -name "$h$h$h$h$h" \
-  -printf '%s %T@ %f\n' 2>/dev/null | head -n 100000
+  -printf '%s %T@ %f\n' 2>/dev/null
 seen=
 while read -r kind value; do
   case $kind in
