@@ -15,6 +15,7 @@ Everything is made by the real components (issue 12):
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -304,6 +305,69 @@ def test_disagreeing_instances_are_conflicts_and_from_instance_picks(world: Worl
     }  # fmt: skip
     with pytest.raises(RefusedError, match="is not a live instance booted from image"):
         world.copies("conflict", from_instance=world.images["full"].instances[0]["uuid"])
+
+
+# --- recover inventory: what survives, per table, and Nova's copies ---------------------------------
+
+
+def inventory(world: World, fmt: str = "json") -> str:
+    glance = world.glance
+    result = CliRunner().invoke(cli, [
+        "--nova-api-db", world.api_url, "--glance-db", glance.db_url,
+        "--store-dir", str(glance.store_dir), "inventory", "--format", fmt,
+    ])  # fmt: skip
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    return result.stdout
+
+
+def test_inventory_reports_what_survives_and_a_command_for_every_orphan(world: World) -> None:
+    images = {i["id"]: i for i in json.loads(inventory(world))["images"]}
+    tables = ("locations", "members", "properties", "tags")
+
+    def metadata(row: bool, nova: int, **left: int) -> dict[str, Any]:
+        counts = {t: left.get(t, 0) for t in tables}
+        return {
+            "row": row, **counts, "none_left": [t for t in tables if not counts[t]],
+            "nova": {"request_spec": nova, "system_metadata": nova},
+        }  # fmt: skip
+
+    one = {"locations": 1, "members": 1, "properties": 3, "tags": 1}
+    expected = {
+        "full": ("deleted", metadata(True, 2)),
+        "conflict": ("deleted", metadata(True, 2)),
+        "row": ("missing", metadata(False, 2)),
+        "max_rows": ("deleted", metadata(True, 1, **{**one, "properties": 1})),
+        **{
+            f"only_{t}": ("deleted", metadata(True, 1, **{**one, t.removeprefix("image_"): 0}))
+            for t in CHILD_TABLES
+        },
+    }
+    for name, (status, meta) in expected.items():
+        booted = world.images[name]
+        got = images[booted.id]
+        assert (got["status"], got["metadata"]) == (status, meta), name
+        # A runnable command for every orphan, the purged row included (compute-1 runs it).
+        assert got["recover"] == f"recover image {booted.id} --from-host compute-1", name
+    assert images[world.images["row"].id]["note"].startswith(
+        "the images row was purged: recover re-creates it under its own id from Nova's copies; "
+    )
+    assert images[world.images["full"].id]["note"].endswith(
+        "; no property row left (purged, or it had none): rebuilt from the system metadata of "
+        "2 instance(s)"
+    )
+    table = inventory(world, "table")
+    assert (
+        f"  image {world.images['max_rows'].id}  [deleted]\n" in table
+        and "    metadata: row, properties 1, locations 1, tags 1, members 1; Nova: request\n"
+        "              spec 1, system_metadata 1\n"
+        in table
+    )
+    rows = list(csv.DictReader(io.StringIO(inventory(world, "csv"))))
+    (row,) = [r for r in rows if r["id"] == world.images["row"].id and r["instance"].endswith("1")]
+    assert row["metadata"] == (
+        "no row, properties 0, locations 0, tags 0, members 0; Nova: request spec 2, "
+        "system_metadata 2"
+    )
 
 
 # --- recover image: the properties rebuilt, the rows safe from the next purge -------------------
