@@ -33,6 +33,7 @@ from recover.errors import RefusedError
 from recover.images.nova_copies import (
     TRUNCATED_NOTE,
     NovaCopies,
+    Sourced,
     read_copies,
 )
 from tests.nova_layer import nova_databases, run_nova
@@ -603,3 +604,85 @@ def test_one_table_purged_recovered(world: World, tmp_path: Path, table: str) ->
     purge(world.glance, images=[booted.id])
     purge_images_table(world.glance, images=[booted.id])
     assert live_rows(world, booted.id) == rows
+
+
+# --- the reader on older schemas: no request spec, legacy DDL ------------------------------------
+
+LEGACY_IMAGE = "b3986e99-1988-43bb-b47c-0b34438bc189"
+LEGACY_VMS = ("21000000-0000-4000-8000-000000000001", "21000000-0000-4000-8000-000000000002")
+#: What Mitaka's get_system_metadata_from_image copied (no libvirt defaults before Yoga;
+#: hw_machine_type here is the image's own, but no request spec can tell).
+LEGACY_SYSMETA = {
+    "hw_disk_bus": "ide", "hw_machine_type": "pc", "os_type": "linux", "kernel_id": "",
+    "min_disk": "40", "min_ram": "512", "disk_format": "qcow2", "container_format": "bare",
+}  # fmt: skip
+
+
+def _legacy_cloud(make_db: Any, api_schema: str | None, spec: str | None) -> Settings:
+    from recover.db.engine import open_database
+    from recover.simulate import Flavor, Instance, create_instance, map_cell
+
+    cell_url = make_db("nova-legacy-mitaka", "pl_nova")
+    cell = open_database(cell_url, "cell")
+    small = Flavor(name="m1.small", flavorid="2", memory_mb=2048, vcpus=1, root_gb=20)
+    with cell.engine.begin() as conn:
+        for uuid in LEGACY_VMS:
+            create_instance(conn, cell, Instance(
+                uuid=uuid, flavor=small, flavor_id=2, image_ref=LEGACY_IMAGE, host="compute-7",
+                image_properties=LEGACY_SYSMETA, project_id="p-legacy",
+            ))  # fmt: skip
+    cell.dispose()
+    if api_schema is None:
+        return Settings(nova_dbs=(Value(cell_url, "test"),))
+    api_url = make_db(api_schema, "pl_api")
+    api = open_database(api_url, "api")
+    with api.engine.begin() as conn:
+        map_cell(conn, api, "8a1b7c3e-2f4d-4e6a-9b5c-1d2e3f4a5b6c", "cell1", cell_url)
+        if spec is not None:
+            api.table("request_specs")
+            conn.execute(
+                api.table("request_specs").insert(),
+                {"instance_uuid": LEGACY_VMS[0], "spec": spec},
+            )
+    api.dispose()
+    return Settings(nova_api_db=Value(api_url, "test"))
+
+
+@pytest.mark.parametrize(
+    ("api_schema", "spec"),
+    [
+        (None, None),  # pre-Newton, cells given alone: no nova_api at all
+        ("nova_api-legacy-mitaka", None),  # request_specs exists, no row for these instances
+        ("nova_api-legacy-mitaka", "{not json"),  # a spec recover cannot read
+        ("nova_api-cdeec0c85668", '{"nova_object.data": {"image": null}}'),  # boot from volume
+    ],
+)
+def test_reader_without_a_request_spec_on_legacy_schemas(
+    make_db: Any, api_schema: str | None, spec: str | None
+) -> None:
+    settings = _legacy_cloud(make_db, api_schema, spec)
+    copies = read_copies(settings, LEGACY_IMAGE.upper())
+    both = "instance_system_metadata of 2 instances"
+    assert (copies.instances, copies.projects) == (list(LEGACY_VMS), ["p-legacy"])
+    assert (copies.has_request_spec, copies.has_sysmeta, copies.conflicts) == (False, True, {})
+    # Without a request spec a libvirt default cannot be told apart: kept, flagged.
+    maybe = "no request spec: may be Nova's libvirt default rather than a Glance property"
+    assert copies.properties == {
+        "hw_disk_bus": Sourced("ide", both, True, maybe),
+        "hw_machine_type": Sourced("pc", both, True, maybe),
+        "os_type": Sourced("linux", both),
+    }
+    assert sorted(copies.dropped) == [
+        "base_image_ref", "container_format", "disk_format", "kernel_id", "min_disk", "min_ram",
+    ]  # fmt: skip
+    assert copies.core == {
+        "disk_format": Sourced("qcow2", both),
+        "container_format": Sourced("bare", both),
+        "min_ram": Sourced(512, both),
+        # image_min_disk 40 > root_gb 20: max(min_disk, root_gb) was the image's own.
+        "min_disk": Sourced(40, both),
+        "owner": Sourced(
+            "p-legacy", "project of the instances (p-legacy)", True,
+            "no request spec: the project of an instance using it",
+        ),
+    }  # fmt: skip
