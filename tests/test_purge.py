@@ -132,7 +132,7 @@ ONE: Users = [(P_ALPHA, None)]
 DISAGREE: Users = [(P_ALPHA, None), (P_BETA, {"image_hw_disk_bus": "ide"})]
 #: name -> (properties, instances as (project, later sysmeta edit), how it is purged):
 #: "all" (db purge), "row" (db purge + purge_images_table), "max_rows" (--max_rows 2 on
-#: image_properties alone), or one child table alone. rec_* are recovered by the tests.
+#: image_properties alone), one child table alone, or "none". rec_* are recovered by the tests.
 SCENARIOS: dict[str, tuple[dict[str, str], Users, str]] = {
     "full": (FULL_PROPS, TWO, "all"),
     "conflict": (SMALL_PROPS, DISAGREE, "all"),
@@ -143,6 +143,7 @@ SCENARIOS: dict[str, tuple[dict[str, str], Users, str]] = {
     "rec_conflict": (SMALL_PROPS, DISAGREE, "all"),
     "rec_max_rows": (SMALL_PROPS, ONE, "max_rows"),
     "rec_control": (SMALL_PROPS, ONE, "all"),
+    "rec_stale": (SMALL_PROPS, ONE, "none"),
     **{f"rec_only_{t}": (SMALL_PROPS, ONE, t) for t in CHILD_TABLES},
 }
 
@@ -495,6 +496,25 @@ def test_a_row_revived_with_its_deleted_at_is_purged(world: World, tmp_path: Pat
     purge(world.glance, images=[booted.id])
     names = [r[2] for r in live_rows(world, booted.id)["image_properties"]]
     assert names == ["hw_disk_bus", "hw_scsi_model"]  # os_distro: gone, though live
+
+
+def test_a_live_row_that_kept_its_deleted_at_is_cleared(world: World, tmp_path: Path) -> None:
+    """A live child row with a deleted_at (what glance's _image_property_update leaves when a
+    property is re-added, and image_restore on the images row) would go with the next purge:
+    the recovery clears it too."""
+    booted = world.images["rec_stale"]
+    world.glance.query(
+        "UPDATE image_tags SET deleted = 0 WHERE image_id = %s", (booted.id,)
+    )  # deleted_at kept, as Glance's revivals keep it
+    report = applied(recover(world, "rec_stale", "--base-file", base_file(tmp_path, booted),
+                             "--yes", "--format", "json"))  # fmt: skip
+    assert "update 1 row(s) in image_tags" in report["changes"]
+    rows = live_rows(world, booted.id)
+    assert rows["image_tags"] == [(0, None, "pp-tag")]
+    assert all(r[:2] == (0, None) for t in rows.values() for r in t), rows
+    purge(world.glance, images=[booted.id])
+    purge_images_table(world.glance, images=[booted.id])
+    assert live_rows(world, booted.id) == rows
 
 
 def test_disagreeing_instances_refused_then_from_instance(
