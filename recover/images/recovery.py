@@ -227,6 +227,12 @@ class ImageRecovery:
                     "is given",
                     hint="pass --nova-api-db URL (or --nova-db URL, or --nova-conf)",
                 )
+            if not self._child_rows()["image_properties"]:
+                self.metadata_notes.append(
+                    "no property row left in Glance (purged, or there were none); with the "
+                    "Nova databases (--nova-api-db or --nova-db) recover rebuilds purged "
+                    "properties from Nova's copies"
+                )
             return
         copies = self.copies = read_copies(
             settings, self.image_id, from_instance=request.from_instance
