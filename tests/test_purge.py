@@ -616,6 +616,13 @@ def test_dry_run_shows_the_sql_and_changes_nothing(
     show = dict(world.glance.client().images.get(booted.id))
     assert {k: show.get(k) for k in SMALL_PROPS} == SMALL_PROPS
     assert (show["tags"], show["visibility"]) == (["pp-tag"], "shared")
+    # undo: the inserted property rows go, the revived ones are deleted again, the file too.
+    undone = CliRunner().invoke(cli, ["--glance-db", world.glance.db_url, "--store-dir",
+                                      str(world.glance.store_dir), "undo", report["journal"],
+                                      "--yes"])  # fmt: skip
+    assert undone.exit_code == 0, (undone.stdout, undone.stderr)
+    assert mariadb_server.checksum(world.glance.db_name) == before
+    assert sorted(world.glance.store_dir.iterdir()) == files
 
 
 @pytest.mark.parametrize("table", CHILD_TABLES)
