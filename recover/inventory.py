@@ -765,6 +765,10 @@ def _image_suggestion(image: ImageOrphan) -> tuple[str | None, str | None]:
             "delete them (openstack server delete) rather than recover the image"
         )
     purged = _purged_note(image)
+    if image.status == "missing" and not UUID_RE.match(image.id):
+        # Glance accepts only a UUID as the id of an image it creates (glance 33 images
+        # schema, id pattern): a reference that is none cannot come back under itself.
+        return None, "the images row was purged, and the reference is no image UUID"
     if image.status == "missing":
         command, where = _image_suggestion_of_row(image, quoted)
         return command, (

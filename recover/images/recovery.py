@@ -251,9 +251,9 @@ class ImageRecovery:
                 self.rebuilt[name] = copy
             elif row["deleted"] and not _deleted_with(row["deleted_at"], anchor):
                 self.metadata_notes.append(
-                    f"property {name}: Nova's copy {printable(str(copy.value))} not restored: "
-                    f"Glance's row {row['id']} was deleted at {row['deleted_at']}, before the "
-                    "image (removed from it)"
+                    f"property {printable(name)}: Nova's copy {printable(str(copy.value))} not "
+                    f"restored: Glance's row {row['id']} was deleted at {row['deleted_at']}, "
+                    "before the image (removed from it)"
                 )
         conflicts = {k: v for k, v in copies.conflicts.items() if k not in names}
         if conflicts:
