@@ -471,6 +471,11 @@ def test_full_purge_recovered_with_the_properties_nova_booted_with(
         "rows):" in notes  # fmt: skip
     assert f"property build_note = {cut} from {both} (GUESSED: {TRUNCATED_NOTE})" in notes
     assert "the new file is the original upload, byte for byte (md5 = the row's checksum)" in notes
+    assert (
+        "left out as Nova's own, not the image's: base_image_ref, hw_cdrom_bus, hw_input_bus, "
+        "hw_machine_type, hw_pointer_model, hw_video_model (--format json: dropped_properties, "
+        "with the reason for each)"
+    ) in notes
     for what in ("tags", "members"):
         assert (
             f"{what}: no row left in Glance (purged, or there were none) and Nova keeps no copy "

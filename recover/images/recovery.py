@@ -28,7 +28,7 @@ from recover.glance import GlanceReader
 from recover.images import api
 from recover.images.ceph import parse_location
 from recover.images.digest import DEFAULT_ALGO, Digests, Progress
-from recover.images.nova_copies import NovaCopies, Sourced, read_copies
+from recover.images.nova_copies import INHERITABLE, NovaCopies, Sourced, read_copies
 from recover.images.rows import (
     PROPERTY_WINDOW,
     NewData,
@@ -262,6 +262,13 @@ class ImageRecovery:
             assert error is not None
             raise error
         self.dropped = {k: v for k, v in copies.dropped.items() if k not in names}
+        own = sorted(k for k in self.dropped if k not in INHERITABLE)
+        if self.rebuilt and own:
+            self.metadata_notes.append(
+                "left out as Nova's own, not the image's: "
+                + ", ".join(printable(k) for k in own)
+                + " (--format json: dropped_properties, with the reason for each)"
+            )
         for table, what in (("image_tags", "tags"), ("image_members", "members")):
             if not rows[table]:
                 self.metadata_notes.append(
