@@ -7,7 +7,7 @@ interesting ids passed as an expanding ``IN`` list, never one per instance.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -36,6 +36,10 @@ FLAVOR_FIELDS = (
 #: Legacy (Juno and older) ``instance_system_metadata`` keys naming the flavor.
 SYSMETA_FLAVOR_KEYS = ("instance_type_id", "instance_type_flavorid", "instance_type_name")
 SHELVED_IMAGE_KEY = "shelved_image_id"
+#: nova 34 ``nova/utils.py`` ``SM_IMAGE_PROP_PREFIX``: sysmeta keys copied from the image.
+IMAGE_PREFIX = "image_"
+#: nova 34 ``nova/compute/api.py`` ``_populate_instance_for_create`` sets it on every boot.
+BASE_IMAGE_REF_KEY = "image_base_image_ref"
 #: The instances columns an InstanceRef is made of.
 INSTANCE_COLUMNS = (
     "uuid", "host", "node", "vm_state", "project_id",
@@ -478,11 +482,61 @@ class CellReader:
             found.update((r[0], r[1]) for r in rows)
         return dict(sorted(found.items()))
 
+    def image_sysmeta(
+        self, conn: Connection, uuids: Iterable[str]
+    ) -> dict[str, tuple[int, dict[str, str | None]]]:
+        """``uuid -> (instances.root_gb, {image_* key: value})``: the live ``image_*``
+        ``instance_system_metadata`` rows of the live instances among ``uuids``.
+
+        nova 34 ``nova/utils.py`` ``get_system_metadata_from_image`` wrote them at boot;
+        ``root_gb`` tells an exact ``image_min_disk`` (``max(min_disk, root_gb)``) apart.
+        """
+        wanted = sorted(set(uuids))
+        if not wanted or not self.db.has_table("instance_system_metadata"):
+            return {}
+        i, sm = self.instances, self.db.table("instance_system_metadata")
+        found: dict[str, tuple[int, dict[str, str | None]]] = {}
+        for batch in chunks(wanted):
+            rows = conn.execute(
+                select(i.c.uuid, i.c.root_gb, sm.c.key, sm.c.value)
+                .join(sm, sm.c.instance_uuid == i.c.uuid)
+                .where(
+                    i.c.uuid.in_(batch),
+                    i.c.deleted == 0,
+                    sm.c.deleted == 0,
+                    sm.c.key.startswith(IMAGE_PREFIX, autoescape=True),
+                )
+                .order_by(i.c.uuid, sm.c.id)
+            )
+            for uuid, root_gb, key, value in rows:
+                found.setdefault(uuid, (int(root_gb or 0), {}))[1][key] = value
+        return found
+
+    def image_sysmeta_uuids(self, conn: Connection, uuids: Iterable[str]) -> set[str]:
+        """Those of ``uuids`` with at least one live ``image_*`` sysmeta row besides the
+        ``image_base_image_ref`` Nova adds itself: a copy of the image's metadata (the
+        inventory: one statement per batch, whatever the number of images)."""
+        return self._sysmeta_uuids(
+            conn,
+            uuids,
+            lambda sm: (
+                sm.c.deleted == 0,
+                sm.c.key.startswith(IMAGE_PREFIX, autoescape=True),
+                sm.c.key != BASE_IMAGE_REF_KEY,
+            ),
+        )
+
     def sysmeta_flavor_uuids(self, conn: Connection, uuids: Iterable[str]) -> set[str]:
         """Those of ``uuids`` with a legacy ``instance_type_id`` sysmeta row (deleted or not).
 
         :meth:`sysmeta_flavor_instances` for known instances, by the indexed uuid.
         """
+        return self._sysmeta_uuids(conn, uuids, lambda sm: (sm.c.key == "instance_type_id",))
+
+    def _sysmeta_uuids(
+        self, conn: Connection, uuids: Iterable[str], where: Callable[[Any], tuple[Any, ...]]
+    ) -> set[str]:
+        """Those of ``uuids`` with an ``instance_system_metadata`` row matching ``where``."""
         wanted = sorted(set(uuids))
         if not wanted or not self.db.has_table("instance_system_metadata"):
             return set()
@@ -493,7 +547,7 @@ class CellReader:
                 r[0]
                 for r in conn.execute(
                     select(sm.c.instance_uuid)
-                    .where(sm.c.instance_uuid.in_(batch), sm.c.key == "instance_type_id")
+                    .where(sm.c.instance_uuid.in_(batch), *where(sm))
                     .group_by(sm.c.instance_uuid)
                 )
             }
@@ -688,6 +742,35 @@ class ApiReader:
         for batch in chunks(sorted(set(flavor_ids))):
             for row in conn.execute(select(*columns).where(flavors.c.id.in_(batch))):
                 found[int(row.id)] = LiveFlavor.from_row(row)
+        return found
+
+    def request_specs(self, conn: Connection, uuids: Iterable[str]) -> dict[str, str]:
+        """``instance uuid -> request_specs.spec`` (the JSON text) of ``uuids``.
+
+        Empty when nova_api has no ``request_specs`` (pre-Mitaka) or it lacks ``spec``.
+        """
+        wanted = sorted(set(uuids))
+        if not wanted or not self.schema.has_request_specs:
+            return {}
+        specs = self.db.table("request_specs")
+        found: dict[str, str] = {}
+        for batch in chunks(wanted):
+            rows = conn.execute(
+                select(specs.c.instance_uuid, specs.c.spec).where(specs.c.instance_uuid.in_(batch))
+            )
+            found.update((r[0], r[1]) for r in rows if r[1])
+        return dict(sorted(found.items()))
+
+    def request_spec_uuids(self, conn: Connection, uuids: Iterable[str]) -> set[str]:
+        """Those of ``uuids`` with a ``request_specs`` row (the inventory: the ids only)."""
+        wanted = sorted(set(uuids))
+        if not wanted or not self.schema.has_request_specs:
+            return set()
+        specs = self.db.table("request_specs")
+        found: set[str] = set()
+        for batch in chunks(wanted):
+            query = select(specs.c.instance_uuid).where(specs.c.instance_uuid.in_(batch))
+            found |= {r[0] for r in conn.execute(query)}
         return found
 
     def live_flavor_ids(self, conn: Connection, flavor_ids: Iterable[int]) -> set[int]:

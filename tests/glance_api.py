@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import pymysql
 from port_for import get_port
 
-from tests.helpers import REPO_ROOT, cached_venv, log_tails
+from tests.helpers import REPO_ROOT, cached_venv, log_tails, venv_imports
 
 if TYPE_CHECKING:
     from glanceclient.v2.client import Client
@@ -53,16 +53,9 @@ GUNICORN_OPTIONS = ("-w", "1", "-k", "gthread", "--threads", "8", "--timeout", "
 
 
 def _glance_works(python: Path) -> bool:
-    if not python.exists():
-        return False
-    probe = subprocess.run(
-        # Not glance.wsgi.api: importing it builds the app, which reads the config.
-        [str(python), "-c", "import glance.common.wsgi_app, gunicorn, pymysql"],
-        capture_output=True,
-        check=False,
-    )
     return (
-        probe.returncode == 0
+        # Not glance.wsgi.api: importing it builds the app, which reads the config.
+        venv_imports(python, "import glance.common.wsgi_app, gunicorn, pymysql")
         and (python.parent / "gunicorn").exists()
         and (python.parent / "glance-manage").exists()
     )
@@ -103,6 +96,8 @@ class GlanceApi:
     process: subprocess.Popen[bytes]
     startup_seconds: float = 0.0
     sync_seconds: float = 0.0
+    #: The venv it runs from (its ``glance-manage`` too: tests/purge.py).
+    venv: Path | None = None
 
     def client(self) -> Client:
         """A python-glanceclient v2 client on ``endpoint``.
@@ -364,7 +359,7 @@ def start_glance(
         api = GlanceApi(
             endpoint=endpoint, port=port, db_url=db_url, db_name=db_name, store_dir=store_dir,
             conf_path=conf, directory=directory, log_path=directory / "log" / "glance-api.log",
-            delayed_delete=delayed_delete, server=server, process=process,
+            delayed_delete=delayed_delete, server=server, process=process, venv=venv,
         )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline and process.poll() is None:
