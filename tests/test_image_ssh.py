@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,8 @@ from tests import clouds
 from tests.clouds import MakeDb
 from tests.helpers import REPO_ROOT, require_binary
 from tests.images import Scenario, digests, incident_image, qemu_info_format
+from tests.netdelay import LatencyProxy
+from tests.sshd import HostAlias, SshdServer
 from tests.test_image import assert_recovered, store_listing
 
 MARKER = Path("/tmp/recover-test-pwned")
@@ -261,3 +266,87 @@ def test_partial_base_on_a_compute_node_is_refused(
     assert mariadb_server.checksum("i_glance") == before
     assert store_listing(scenario.store) == listing
     assert sorted(p.name for p in scenario.base.parent.iterdir()) == [scenario.base.name]
+
+
+# --- one ssh connection per recovery ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def counted(sshd_server: SshdServer, like: str) -> Iterator[tuple[str, LatencyProxy]]:
+    """An alias reaching the test sshd (with ``like``'s key) through a relay that counts the
+    TCP connections: every one of them is a connection sshd accepts."""
+    with LatencyProxy(("127.0.0.1", sshd_server.port), 0) as proxy:
+        alias = f"counted-{like}"
+        sshd_server.hosts[alias] = HostAlias(proxy.port, sshd_server.hosts[like].identity)
+        sshd_server.write_client_config()
+        yield alias, proxy
+
+
+@pytest.fixture
+def own_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A TMPDIR of this test's own (short: the control socket goes there), empty at the end."""
+    directory = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", str(directory))
+    yield directory
+    directory.rmdir()  # fails if anything was left in it
+
+
+@pytest.mark.parametrize(
+    ("like", "disk_format", "path"),
+    [
+        ("compute-12", "qcow2", "stat, qemu-img info, df, convert there, stream, rm"),
+        ("compute-12", "raw", "stat, qemu-img info, stream"),
+        ("compute-noqemu", "qcow2", "stat, no qemu-img, stream, convert here"),
+    ],
+)
+def test_every_step_of_a_recovery_shares_one_ssh_connection(
+    make_db: MakeDb, tmp_path: Path, sshd_server: SshdServer, own_tmp: Path,
+    like: str, disk_format: str, path: str,
+) -> None:  # fmt: skip
+    """Item 5 of issue 13: one TCP connection reaches sshd for the whole recovery (the old
+    transport made one per step, seven here), and nothing is left locally or on the node."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, disk_format=disk_format)
+    with counted(sshd_server, like) as (alias, proxy):
+        result = run(from_host(scenario, alias, "--yes"))
+        assert result.exit_code == 0, result.stderr
+        assert proxy.accepted == 1, path
+    expected = scenario.original if disk_format == "qcow2" else digests(scenario.base)
+    assert assert_recovered(scenario, disk_format) == expected
+    assert sorted(p.name for p in scenario.base.parent.iterdir()) == [scenario.base.name]
+    assert list(own_tmp.iterdir()) == []  # the control socket's directory is gone
+
+
+def test_a_refused_recovery_also_uses_one_connection_and_leaves_nothing(
+    make_db: MakeDb, tmp_path: Path, sshd_server: SshdServer, own_tmp: Path, mariadb_server: Any
+) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, disk_format="raw")
+    os.truncate(scenario.base, 40 << 20)  # a partial copy: refused after qemu-img info
+    before = mariadb_server.checksum("i_glance")
+    with counted(sshd_server, "compute-12") as (alias, proxy):
+        result = run(from_host(scenario, alias, "--yes"))
+        assert result.exit_code == 1
+        assert "has a virtual size of 41943040 bytes" in result.stderr
+        assert proxy.accepted == 1
+    assert mariadb_server.checksum("i_glance") == before
+    assert list(own_tmp.iterdir()) == []
+
+
+def test_options_on_recover_ssh_command_still_apply_with_one_connection(
+    make_db: MakeDb, tmp_path: Path, sshd_server: SshdServer, own_tmp: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The operator's own -o options come first on every ssh command line (ssh keeps the
+    first value): a port through them, and ControlMaster/ControlPath settings of theirs that
+    -M/-S override for this run's private master."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    with counted(sshd_server, "compute-12") as (_, proxy):
+        command = (
+            f"{sshd_server.ssh_command} -o Port={proxy.port} -o ControlMaster=no"
+            " -o ControlPath=none -o Ciphers=aes256-ctr"
+        )
+        monkeypatch.setenv("RECOVER_SSH_COMMAND", command)
+        result = run(from_host(scenario, "compute-1", "--yes"))  # compute-1's own port unused
+        assert result.exit_code == 0, result.stderr
+        assert proxy.accepted == 1
+    assert assert_recovered(scenario) == scenario.original
+    assert list(own_tmp.iterdir()) == []

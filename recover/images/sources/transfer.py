@@ -15,11 +15,12 @@ from pathlib import Path
 from recover import faults
 from recover.errors import RecoverError, RefusedError
 from recover.images import qemu
-from recover.images.digest import Digests, Progress, copy_hashing, hash_file
+from recover.images.digest import Digests, copy_hashing, hash_file
 from recover.images.rows import NewData
 from recover.images.rules import ImageRules
 from recover.images.store import Staged
 from recover.images.transport import LocalTransport, Transport
+from recover.progress import Display
 
 #: Glance disk_format -> the qemu-img format that writes it (qemu calls VHD "vpc").
 WRITABLE = {
@@ -59,17 +60,20 @@ class TransportSource:
             return None
         return self.rules.check_info(transport.qemu_img_info(self.path), self.label)
 
+    def close(self) -> None:
+        self.transport.close()
+
     def describe(self, target_format: str) -> str:
         shown = self.info.format if self.info is not None else "format checked on arrival"
         return f"rebuild from {self.label} ({shown} -> {target_format})"
 
     def produce(
-        self, staged: Staged, target_format: str, algo: str, progress: Progress | None
+        self, staged: Staged, target_format: str, algo: str, display: Display
     ) -> NewData:
         target = WRITABLE[target_format]
         transport, path, info = self.transport, self.path, self.info
         if info is None:
-            digests = self._arrive_unchecked(staged, target, algo, progress)
+            digests = self._arrive_unchecked(staged, target, algo, display)
         elif (
             info.format == target and staged.by_reference and isinstance(transport, LocalTransport)
         ):
@@ -77,31 +81,36 @@ class TransportSource:
             # is rather than copying it first (one pass over the data, no disk write). The
             # store reads back what it then holds and compares it with these hashes before
             # COMMIT, so a file that changes after this pass is caught there.
-            digests = hash_file(path, algo, progress)
+            digests = _hash(path, algo, display)
             staged.refer(Path(path))
         elif info.format == target:
-            digests = self._copy(path, staged, algo, progress)
+            digests = self._copy(path, staged, algo, display)
         elif isinstance(transport, LocalTransport):
             staged.close()
             faults.point("convert")
+            display.phase(f"converting to {target}")
             qemu.convert(path, info.format, staged.path, target)
-            digests = hash_file(str(staged.path), algo, progress)
+            digests = _hash(str(staged.path), algo, display)
         else:
-            digests = self._convert_remotely(staged, info, target, algo, progress)
+            digests = self._convert_remotely(staged, info, target, algo, display)
+        display.close()
         checked = qemu.info(staged.data_path, target)
         if checked.format != target:
             raise RecoverError(f"the converted file is {checked.format}, not {target}")
         return NewData(digests=digests, virtual_size=checked.virtual_size,
                        disk_format=target_format)  # fmt: skip
 
-    def _copy(self, path: str, staged: Staged, algo: str, progress: Progress | None) -> Digests:
+    def _copy(self, path: str, staged: Staged, algo: str, display: Display) -> Digests:
+        """Bring ``path`` here once; every byte is hashed (md5 + ``algo``) as it arrives."""
+        # The size for the bar only on a terminal: one more (multiplexed) stat otherwise saved.
+        total = self.transport.stat_size(path) if display.enabled else None
+        display.phase(f"copying from {self.transport.label}", total)
         with self.transport.open_read(path) as stream:
-            return copy_hashing(stream, staged.fd, algo, progress)
+            return copy_hashing(stream, staged.fd, algo, display)
 
     def _convert_remotely(
-        self, staged: Staged, info: qemu.ImageInfo, target: str, algo: str,
-        progress: Progress | None,
-    ) -> Digests:  # fmt: skip
+        self, staged: Staged, info: qemu.ImageInfo, target: str, algo: str, display: Display
+    ) -> Digests:
         """Convert next to _base on the compute node: only the compact image crosses the network."""
         transport, path = self.transport, self.path
         directory = posixpath.dirname(path)
@@ -114,16 +123,17 @@ class TransportSource:
         remote_tmp = posixpath.join(directory, f".recover-tmp-{self.image_id}.{target}")
         try:
             faults.point("convert")
+            display.phase(f"converting to {target} on {transport.label}")
             transport.convert(path, info.format, remote_tmp, target)
-            return self._copy(remote_tmp, staged, algo, progress)
+            return self._copy(remote_tmp, staged, algo, display)
         finally:
             transport.remove(remote_tmp)
 
     def _arrive_unchecked(
-        self, staged: Staged, target: str, algo: str, progress: Progress | None
+        self, staged: Staged, target: str, algo: str, display: Display
     ) -> Digests:
         """No qemu-img on the node: bring the bytes once, check them here, convert here."""
-        digests = self._copy(self.path, staged, algo, progress)
+        digests = self._copy(self.path, staged, algo, display)
         where = f"{self.path} from {self.transport.label}"
         info = self.rules.check_info(qemu.info(staged.path), where)
         if info.format == target:
@@ -135,7 +145,14 @@ class TransportSource:
             os.replace(staged.path, source.path)
             # qemu-img keeps the mode of a file it overwrites: never world-readable meanwhile.
             os.close(os.open(staged.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            display.phase(f"converting to {target}")
             qemu.convert(source.path, info.format, staged.path, target)
         finally:
             source.discard()
-        return hash_file(str(staged.path), algo, progress)
+        return _hash(str(staged.path), algo, display)
+
+
+def _hash(path: str, algo: str, display: Display) -> Digests:
+    """Hash a local file (one read of it), its progress on ``display``."""
+    display.phase("hashing", os.path.getsize(path))
+    return hash_file(path, algo, display)
