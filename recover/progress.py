@@ -65,8 +65,8 @@ class Display:
         if self._unit != "bytes":
             of = f"/{self._total}" if self._total is not None else ""
             return f"{done}{of} {self._unit}"
-        of = f"/{self._total // MIB}" if self._total is not None else ""
-        return f"{done // MIB}{of} MiB"
+        of = f"/{self._total / MIB:.1f}" if self._total is not None else ""
+        return f"{done / MIB:.1f}{of} MiB"
 
     def __call__(self, done: int) -> None:
         """The current bar is at ``done`` units (a ``recover.images.digest.Progress``)."""

@@ -72,6 +72,22 @@ def stopped(pid: int) -> bool:
         return handle.read().rsplit(")", 1)[1].split()[0] == "T"
 
 
+def processes_naming(text: str) -> list[str]:
+    """Command lines of live processes that name ``text`` (the run's qemu-img, ssh, cat)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        line = " ".join(a.decode(errors="replace") for a in argv)
+        if text in line:
+            found.append(line)
+    return found
+
+
 def kill_transaction_of(mariadb_server: Any, db: str) -> int:
     """``KILL`` the session holding an open transaction on ``db``; its id."""
     found = mariadb_server.query(
@@ -285,8 +301,14 @@ def test_image_kill_during_remote_conversion(
     remote_tmp = world.base.parent / f".recover-tmp-{SNAPSHOT}.qcow2"
     proc = start(argv, env, world.root)
     assert wait_until(lambda: remote_tmp.exists() or proc.poll() is not None)
+    masters = [p for p in processes_naming(str(world.root / "tmp")) if " -M -S " in p]
     os.killpg(proc.pid, signal.SIGKILL)
     finish(proc)
+    assert len(masters) == 1, masters
+    # The ssh master runs in a session of its own (out of the killed group) with its stdin
+    # a pipe from recover: the pipe closed, the remote `cat` ends and the connection with it.
+    # (Its socket's directory stays in TMPDIR: nothing can remove it after a SIGKILL.)
+    assert wait_until(lambda: not processes_naming(str(world.root / "tmp")), timeout=10)
     assert_image_old(world, mariadb_server, before)
     rerun_and_check(world, mariadb_server, argv, base_before, env=env)
 

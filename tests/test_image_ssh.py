@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +25,11 @@ from recover.inventory import base_file_name
 from recover.simulate import Instance, create_instance
 from tests import clouds
 from tests.clouds import MakeDb
-from tests.helpers import REPO_ROOT, require_binary
+from tests.helpers import REPO_ROOT, process_env, require_binary
 from tests.images import Scenario, digests, incident_image, qemu_info_format
 from tests.netdelay import LatencyProxy
 from tests.sshd import HostAlias, SshdServer
+from tests.test_hostile import RECOVER
 from tests.test_image import assert_recovered, store_listing
 
 MARKER = Path("/tmp/recover-test-pwned")
@@ -350,3 +353,73 @@ def test_options_on_recover_ssh_command_still_apply_with_one_connection(
         assert proxy.accepted == 1
     assert assert_recovered(scenario) == scenario.original
     assert list(own_tmp.iterdir()) == []
+
+
+# --- progress on a terminal ----------------------------------------------------------------------
+
+
+def _recover_with_stderr_on(
+    args: list[str], env: dict[str, str], terminal: bool
+) -> tuple[int, str, str]:
+    """Run ``recover``; stdout a pipe, stderr a real pty (``os.openpty``) or a pipe."""
+    if not terminal:
+        done = subprocess.run([RECOVER, *args], env=env, capture_output=True, text=True,
+                              timeout=120, check=False)  # fmt: skip
+        return done.returncode, done.stdout, done.stderr
+    master, slave = os.openpty()
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # the pty's buffer is small: read it while recover runs
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the last writer closed the other side
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        proc = subprocess.Popen([RECOVER, *args], env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=slave)  # fmt: skip
+        os.close(slave)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        reader.join(30)
+        os.close(master)
+    return proc.returncode, out.decode(), b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_progress_bar_on_stderr_only_when_it_is_a_terminal(
+    make_db: MakeDb, tmp_path: Path, sshd_server: SshdServer
+) -> None:
+    """Item 6 of issue 13: click's progress bar, one at a time, on a terminal's stderr; on a
+    pipe not a byte of it; stdout the same report either way."""
+    runs = {}
+    for terminal in (True, False):
+        root = tmp_path / ("tty" if terminal else "pipe")
+        scenario = incident_image(make_db, root, clouds.MODERN_GLANCE, name="p_glance")
+        env = {**process_env(root), "RECOVER_SSH_COMMAND": sshd_server.ssh_command}
+        code, out, err = _recover_with_stderr_on(
+            from_host(scenario, "compute-12", "--yes"), env, terminal
+        )
+        assert code == 0, err
+        assert assert_recovered(scenario) == scenario.original
+        out = re.sub(r"\d{8}T\d{12}Z", "TIME", out.replace(str(root), "ROOT"))
+        runs[terminal] = (out, err)
+    (tty_out, tty_err), (pipe_out, pipe_err) = runs[True], runs[False]
+    assert pipe_err.startswith("Committed; journal ") and pipe_err.count("\n") == 1
+    assert "\r" not in pipe_err and "[#" not in pipe_err and "copying" not in pipe_err
+    assert tty_out == pipe_out and "\r" not in tty_out and "[#" not in tty_out
+    # The remote conversion (a bar of unknown length), then the copy, to 100 %.
+    assert "converting to qcow2 on compute-12 (ssh)" in tty_err
+    size = f"{scenario.original[2] / (1 << 20):.1f}"
+    plain = re.sub(r"\x1b\[\?25[lh]", "", tty_err)  # click hides the cursor meanwhile
+    assert re.search(
+        rf"\rcopying from compute-12 \(ssh\)  \[-+\]    0%.*"
+        rf"\rcopying from compute-12 \(ssh\)  \[#+\]  100%  {size}/{size} MiB\r\n"
+        r"Committed; journal ",
+        plain,
+    ), tty_err

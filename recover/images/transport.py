@@ -381,7 +381,9 @@ class _Master:
         options = [*SSH_OPTIONS, "-M", "-S", self.socket, "-o", "ControlPersist=no"]
         config = _effective_config([*self.ssh, *options], self.host)
         if config is None or (
-            config.get("controlmaster"), config.get("controlpath"), config.get("controlpersist")
+            config.get("controlmaster"),
+            config.get("controlpath"),
+            config.get("controlpersist"),
         ) != ("true", self.socket, "no"):
             return False
         # Only when nothing chose the ciphers (the operator's ~/.ssh/config, /etc/ssh,
@@ -410,8 +412,7 @@ class _Master:
                 raise self.failure(returncode)
             if time.monotonic() > deadline:
                 raise RecoverError(
-                    f"cannot reach {self.host} over ssh: no connection within "
-                    f"{SHORT_TIMEOUT_S} s"
+                    f"cannot reach {self.host} over ssh: no connection within {SHORT_TIMEOUT_S} s"
                 )
             time.sleep(pause)
             pause = min(pause * 2, 0.05)

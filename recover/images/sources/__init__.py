@@ -30,9 +30,7 @@ class ImageSource(Protocol):
         """One line for the plan: ``rebuild from X on Y (raw -> qcow2)``."""
         ...
 
-    def produce(
-        self, staged: Staged, target_format: str, algo: str, display: Display
-    ) -> NewData:
+    def produce(self, staged: Staged, target_format: str, algo: str, display: Display) -> NewData:
         """Write the bytes into ``staged`` in ``target_format``, hashed as they are written;
         each long step is shown on ``display`` (a terminal's progress bar, else nothing)."""
         ...

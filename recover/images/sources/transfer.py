@@ -67,9 +67,7 @@ class TransportSource:
         shown = self.info.format if self.info is not None else "format checked on arrival"
         return f"rebuild from {self.label} ({shown} -> {target_format})"
 
-    def produce(
-        self, staged: Staged, target_format: str, algo: str, display: Display
-    ) -> NewData:
+    def produce(self, staged: Staged, target_format: str, algo: str, display: Display) -> NewData:
         target = WRITABLE[target_format]
         transport, path, info = self.transport, self.path, self.info
         if info is None:
