@@ -17,6 +17,7 @@ argument list (never ``shell=True``), and every word of the remote command is
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -619,6 +620,7 @@ class SshTransport:
             except OSError as exc:
                 raise RecoverError(f"cannot run {self.ssh[0]}: {exc.strerror}") from None
             source = cast(IO[bytes], proc.stdout)
+            _widen_pipe(source.fileno())
             reader = _CountingReader(cast(io.RawIOBase, source))
             try:
                 yield _buffered(reader)
@@ -666,6 +668,19 @@ class SshTransport:
         if done.returncode != 0:
             detail = _detail(done.stderr, done.returncode)
             raise RecoverError(f"cannot remove {_printable(path)} on {self.host}: {detail}")
+
+
+#: The stream's pipe, widened from Linux's 64 KiB: ssh hands over the bytes in 1 MiB
+#: rather than 64 KiB steps, sixteen times fewer wake-ups of ssh and of this reader
+#: (fs/pipe.c, the default /proc/sys/fs/pipe-max-size allows 1 MiB unprivileged).
+PIPE_SIZE = 1024 * 1024
+
+
+def _widen_pipe(fd: int) -> None:
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
+    if set_size is not None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, set_size, PIPE_SIZE)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
