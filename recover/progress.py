@@ -55,8 +55,8 @@ class Display:
         else:
             bar = click.progressbar(length=total, label=label, file=self.stream,
                                     show_percent=True, item_show_func=self._shown)  # fmt: skip
-        bar.__enter__()
         self._bar = bar
+        bar.__enter__()  # draws it at 0
 
     def _shown(self, _item: object) -> str | None:
         if self._bar is None:

@@ -917,6 +917,8 @@ def markdown(results: Results) -> str:
             w(image_details(results))
         elif section.title == "rbd":
             w(rbd_details(results))
+        elif section.title == "from-host":
+            w(from_host_details(results))
         w("### Commands\n")
         w("`$WORK` is the run's temporary directory, `$PORT` its MariaDB server's port.\n")
         for s in section.series:
@@ -1079,6 +1081,37 @@ def image_details(results: Results) -> str:
         " variant placed exactly qemu-img's qcow2 (md5) and that the row's checksum,"
         " os_hash_value and size match it. The SSH variants reach this machine's own sshd"
         " (127.0.0.1, OpenSSH defaults, a key in a private config).\n"
+    )
+
+
+def from_host_details(results: Results) -> str:
+    facts = results.facts["from_host"]
+    return (
+        "### The image and what changed\n\n"
+        f"A sparse raw `_base` of {facts['label']} with {facts['data'] // MIB} MiB of random,"
+        " incompressible data in 8 MiB extents (as in the image section), a qcow2 row deleted"
+        " the way Glance deletes; the compute node is this machine's own sshd (127.0.0.1,"
+        " OpenSSH defaults, no `Ciphers` configured, a key in a private config), so both ends"
+        " of every ssh connection share the same 2 cores. Every command writes to the store's"
+        " file system; `sync` (untimed) runs before each. The warm-up checked that both recover"
+        " variants placed exactly qemu-img's qcow2 (md5) with the row's checksum, os_hash_value"
+        " and size matching it.\n\n"
+        "What `recover image --from-host` does differently from the baseline (issue 13 item 5):"
+        "\n\n"
+        "* **One ssh connection** for every step (stat, `command -v qemu-img`, qemu-img info, the"
+        " free space, the conversion, the stream, rm): a private OpenSSH master (`-M -S` in a"
+        " 0700 directory, `ControlPersist=no`, stopped with `-O exit`); each step is a session"
+        " over it, our pipes handed to the master (no extra process in the data path). One key"
+        " exchange and one login instead of eight.\n"
+        "* **AES-GCM first** when nothing chose the ciphers (`ssh -G` shows OpenSSH's default"
+        " list) and the CPU has AES instructions: the same set, another order. 1 GiB through"
+        " ssh to 127.0.0.1 here: 3.2 s against 4.6 s with chacha20-poly1305. The manual"
+        " procedure's scp keeps the default, as an operator's would.\n"
+        "* **Hashed as it arrives, written on a thread of its own**: md5 on a helper thread,"
+        " sha512 on the reading thread, the write (and the `fdatasync` every 64 MiB) on a"
+        " writer thread over a ring of four 4 MiB buffers, so a write waiting for the disk"
+        " holds back neither the stream nor the hashing; one pass, no second read. The"
+        " stream's pipe is widened to 1 MiB (16 times fewer wake-ups).\n"
     )
 
 

@@ -307,7 +307,8 @@ def test_every_step_of_a_recovery_shares_one_ssh_connection(
     like: str, disk_format: str, path: str,
 ) -> None:  # fmt: skip
     """Item 5 of issue 13: one TCP connection reaches sshd for the whole recovery (the old
-    transport made one per step, seven here), and nothing is left locally or on the node."""
+    transport made one per step: eight for the conversion on the node, four for a raw
+    copy), and nothing is left locally or on the node."""
     scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, disk_format=disk_format)
     with counted(sshd_server, like) as (alias, proxy):
         result = run(from_host(scenario, alias, "--yes"))
