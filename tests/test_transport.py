@@ -50,6 +50,8 @@ def transport(request: pytest.FixtureRequest) -> Iterator[Transport]:
         yield remote
         return
     with remote.open():
+        assert remote.argv(["true"])[-3] == "--"  # nothing started before the first call
+        assert remote.stat_size("/") is None
         assert remote.argv(["true"])[-5:-3] == ["-o", "ControlMaster=no"]  # really shared
         yield remote
 
@@ -668,6 +670,8 @@ def test_open_shares_one_master_and_close_removes_it(ssh_env: SshdServer, tmp_pa
     path = tmp_path / "five"
     path.write_bytes(b"12345")
     remote = SshTransport("compute-1").open()
+    assert remote._master is None  # made by the first call
+    assert remote.stat_size(str(path)) == 5
     master = remote._master
     assert master is not None and master.proc is not None
     directory, proc = Path(master.directory), master.proc
@@ -687,12 +691,13 @@ def test_master_gets_aes_gcm_first_only_when_nothing_chose_the_ciphers(
 ) -> None:
     aes_first = f"Ciphers={AES_FIRST_CIPHERS}".encode()
     with SshTransport("compute-1", ssh_command=sshd_server.ssh_command) as remote:
+        assert remote.stat_size("/") is None
         assert (aes_first in _master_argv(remote)) == _has_aes_instructions()
     chosen = f"{sshd_server.ssh_command} -o Ciphers=aes256-ctr"
     with SshTransport("compute-1", ssh_command=chosen) as remote:
+        assert remote.stat_size("/") is None  # the connection works
         argv = _master_argv(remote)
         assert not any(word.startswith(b"Ciphers=aes128-gcm") for word in argv), argv
-        assert remote.has_qemu_img() in (True, False)  # the connection works
 
 
 def test_an_ssh_command_that_cannot_be_our_master_gets_a_connection_per_call(
@@ -704,21 +709,30 @@ def test_an_ssh_command_that_cannot_be_our_master_gets_a_connection_per_call(
     path.write_bytes(b"12345")
     command = f"{sshd_server.ssh_command} -o ControlMaster=yes"
     with SshTransport("compute-1", ssh_command=command) as remote:
+        assert remote.stat_size(str(path)) == 5
         assert remote._master is None
         assert "-S" not in remote.argv(["true"])
-        assert remote.stat_size(str(path)) == 5
 
 
-def test_open_of_an_unreachable_host_fails_at_once_and_leaves_nothing(
+def test_an_unreachable_host_fails_on_the_first_call_and_leaves_nothing(
     ssh_env: SshdServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     own = tmp_path / "t"
     own.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(own))
     with pytest.raises(RecoverError) as caught:
-        SshTransport("compute-down").open()
+        SshTransport("compute-down").open().stat_size("/")
     assert str(caught.value) == (
         f"cannot reach compute-down over ssh: ssh: connect to host 127.0.0.1 port "
         f"{ssh_env.down_port}: Connection refused"
     )
     assert list(own.iterdir()) == []
+
+
+def test_after_open_a_refused_path_still_starts_no_process(tmp_path: Path) -> None:
+    marker = tmp_path / "ssh-ran"
+    fake = write_executable(tmp_path / "fake-ssh", f"#!/bin/sh\ntouch {marker}\nexit 255\n")
+    with SshTransport("compute-1", ssh_command=str(fake)) as remote:
+        with pytest.raises(RecoverError, match=r"^path 'x;y' is not an absolute path$"):
+            remote.stat_size("x;y")
+        assert not marker.exists()

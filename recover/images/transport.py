@@ -460,7 +460,7 @@ class SshTransport:
     Remote commands need a POSIX login shell and GNU coreutils (``stat``, ``cat``,
     ``rm``) on the node; ``qemu-img`` only for ``qemu_img_info`` and ``convert``.
 
-    ``open()`` makes one connection that every later call shares (close it with
+    After ``open()`` every call shares one connection, made by the first (end it with
     ``close()`` or a ``with`` block); without it (or when the ssh command cannot be a
     master, see :meth:`_Master.start`) each call opens its own.
     """
@@ -471,11 +471,19 @@ class SshTransport:
         self.label = f"{host} (ssh)"
         self._master: _Master | None = None
         self._finalizer: weakref.finalize | None = None
+        self._shared = self._tried = False
 
     def open(self) -> SshTransport:
-        """Connect once (RecoverError if the host cannot be reached); later calls share it."""
-        if self._master is not None:
-            return self
+        """Share one connection for every later call; the first call that runs something
+        makes it (after its own checks: a refused path starts no process at all)."""
+        self._shared = True
+        return self
+
+    def _connect(self) -> None:
+        """Start the shared master, once, if ``open()`` asked for one."""
+        if not self._shared or self._master is not None or self._tried:
+            return
+        self._tried = True  # a command that cannot be a master is not asked again
         master = _Master(self.ssh, self.host)
         # Also at interpreter exit, should an error path forget close().
         finalizer = weakref.finalize(self, master.stop)
@@ -486,12 +494,12 @@ class SshTransport:
             raise
         if not started:
             finalizer()
-            return self
+            return
         self._master, self._finalizer = master, finalizer
-        return self
 
     def close(self) -> None:
         finalizer, self._master, self._finalizer = self._finalizer, None, None
+        self._shared = self._tried = False
         if finalizer is not None:
             finalizer()
 
@@ -511,6 +519,7 @@ class SshTransport:
         self, words: Sequence[str], timeout: float = SHORT_TIMEOUT_S
     ) -> subprocess.CompletedProcess[bytes]:
         """Run a short remote command; exit 255 (ssh itself failed) becomes RecoverError."""
+        self._connect()
         try:
             done = subprocess.run(
                 self.argv(words),
@@ -610,6 +619,7 @@ class SshTransport:
     @contextlib.contextmanager
     def open_read(self, path: str) -> Iterator[BinaryIO]:
         _check_path(path, absolute=True)
+        self._connect()
         argv = self.argv(["sh", "-c", _STREAM_SCRIPT, "sh", path])
         # stderr goes to a file: a pipe nobody reads could fill up and stall the stream.
         with tempfile.TemporaryFile() as errors:
