@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -424,3 +425,17 @@ def test_progress_bar_on_stderr_only_when_it_is_a_terminal(
         r"Committed; journal ",
         plain,
     ), tty_err
+
+
+def test_node_without_qemu_img_and_a_qcow2_base_keeps_it_byte_for_byte(
+    make_db: MakeDb, tmp_path: Path, counting_ssh: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nova with force_raw_images=False keeps a qcow2 _base: for a qcow2 row it is the image
+    already. Its first bytes (qcow2's magic) say so, so it is hashed as it arrives, once."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    shutil.copyfile(tmp_path / "disks" / "snapshot.qcow2", scenario.base)
+    monkeypatch.setenv("RECOVER_SSH_COMMAND", counting_ssh.command)
+    result = run(from_host(scenario, "compute-noqemu", "--yes"))
+    assert result.exit_code == 0, result.stderr
+    assert assert_recovered(scenario) == scenario.original
+    assert image_bytes(counting_ssh) == [scenario.original[2]]

@@ -148,9 +148,17 @@ class Hasher:
 
 
 def copy_hashing(
-    source: BinaryIO, dest_fd: int, algo: str = DEFAULT_ALGO, progress: Progress | None = None
+    source: BinaryIO,
+    dest_fd: int,
+    algo: str = DEFAULT_ALGO,
+    progress: Progress | None = None,
+    *,
+    hashing: bool = True,
 ) -> Digests:
     """Copy ``source`` to ``dest_fd`` once, hashing every byte; runs of zeros become holes.
+
+    ``hashing=False`` copies without hashing (bytes that will be converted, whose digests
+    nobody needs): the result then has the size only, ``md5`` and ``value`` empty.
 
     Three stages overlap: this thread reads a chunk and runs the multihash on it, md5 runs
     on a helper thread (``Hasher``), and a writer thread (:class:`_Writer`) writes it,
@@ -168,9 +176,12 @@ def copy_hashing(
     try:
         writer.reusable(turn)
         n = source.readinto(ring[turn])  # type: ignore[attr-defined]
+        copied = 0
         while n:
             chunk = views[turn][:n]
-            hasher.begin(chunk)
+            copied += n
+            if hashing:
+                hasher.begin(chunk)
             # Sparse, like `cp --sparse=always`: raw _base files are mostly holes.
             writer.submit(turn, chunk, hole=n == CHUNK and ring[turn] == _ZERO)
             turn = (turn + 1) % RING
@@ -178,12 +189,14 @@ def copy_hashing(
             n = source.readinto(ring[turn])  # type: ignore[attr-defined]
             hasher.end()  # md5 is done with the chunk before: at most one behind
             if progress is not None:
-                progress(hasher.size)
+                progress(copied)
         completed = True
     finally:
         hasher.close()
         writer.close(raising=completed)
-    os.ftruncate(dest_fd, hasher.size)
+    os.ftruncate(dest_fd, copied)
+    if not hashing:
+        return Digests("", algo, "", copied)
     return hasher.result()
 
 

@@ -100,11 +100,24 @@ class TransportSource:
 
     def _copy(self, path: str, staged: Staged, algo: str, display: Display) -> Digests:
         """Bring ``path`` here once; every byte is hashed (md5 + ``algo``) as it arrives."""
+        digests = self._bring(path, staged, algo, display, None)
+        assert digests is not None  # hashed: no target to convert to
+        return digests
+
+    def _bring(
+        self, path: str, staged: Staged, algo: str, display: Display, target: str | None
+    ) -> Digests | None:
+        """:meth:`_copy`; with ``target`` (checked here: no qemu-img there), None and no
+        hashing when the first bytes already show they will be converted to ``target``
+        (those digests would be thrown away: for a sparse raw _base, gigabytes of zeros)."""
         # The size for the bar only on a terminal: one more (multiplexed) stat otherwise saved.
         total = self.transport.stat_size(path) if display.enabled else None
         display.phase(f"copying from {self.transport.label}", total)
         with self.transport.open_read(path) as stream:
-            return copy_hashing(stream, staged.fd, algo, display)
+            head = stream.peek(4)[:4]  # type: ignore[attr-defined]  # a BufferedReader
+            hashing = target is None or not _will_convert(head, target)
+            digests = copy_hashing(stream, staged.fd, algo, display, hashing=hashing)
+        return digests if hashing else None
 
     def _convert_remotely(
         self, staged: Staged, info: qemu.ImageInfo, target: str, algo: str, display: Display
@@ -131,11 +144,13 @@ class TransportSource:
         self, staged: Staged, target: str, algo: str, display: Display
     ) -> Digests:
         """No qemu-img on the node: bring the bytes once, check them here, convert here."""
-        digests = self._copy(self.path, staged, algo, display)
+        digests = self._bring(self.path, staged, algo, display, target)
         where = f"{self.path} from {self.transport.label}"
         info = self.rules.check_info(qemu.info(staged.path), where)
         if info.format == target:
-            return digests
+            # Not hashed on arrival only if the first bytes said otherwise (qemu-img probes
+            # more than them): hash what arrived, once.
+            return digests if digests is not None else _hash(str(staged.path), algo, display)
         source = Staged(staged.store, f"{self.image_id}-src")
         try:
             source.close()
@@ -148,6 +163,21 @@ class TransportSource:
         finally:
             source.discard()
         return _hash(str(staged.path), algo, display)
+
+
+#: The first bytes of a qcow2 file (qemu block/qcow2.h QCOW_MAGIC: "QFI" then 0xfb), which
+#: qemu-img's format probe looks for; a raw image is whatever does not match a format.
+QCOW2_MAGIC = b"QFI\xfb"
+
+
+def _will_convert(head: bytes, target: str) -> bool:
+    """Whether bytes starting with ``head`` are surely not ``target`` already (only the
+    raw/qcow2 pair is told apart; for any other target: no, hash them)."""
+    if target == "qcow2":
+        return head != QCOW2_MAGIC
+    if target == "raw":
+        return head == QCOW2_MAGIC
+    return False
 
 
 def _hash(path: str, algo: str, display: Display) -> Digests:
