@@ -544,7 +544,8 @@ def from_host_verdicts(results: Results, s: Section) -> list[Verdict]:
         " this section, other users' jobs included): recover's gain is doing on two cores at"
         " once what the manual procedure does one after the other, and it has two cores only"
         " when nobody else wants them. Round by round (recover / manual, run side by side):"
-        f" {paired}. A durable copy also costs recover an fsync that the manual cp skips.",
+        f" {paired}. recover also makes its copy durable (fdatasync while it writes, fsync"
+        " before the COMMIT), which the manual cp does not.",
     )]  # fmt: skip
 
 
