@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from recover.demo import SNAPSHOT
+from recover.images.transport import STALE_S
 from tests import clouds
 from tests.images import PROPERTIES, digests
 from tests.sshd import write_executable
@@ -307,10 +308,15 @@ def test_image_kill_during_remote_conversion(
     assert len(masters) == 1, masters
     # The ssh master runs in a session of its own (out of the killed group) with its stdin
     # a pipe from recover: the pipe closed, the remote `cat` ends and the connection with it.
-    # (Its socket's directory stays in TMPDIR: nothing can remove it after a SIGKILL.)
+    # Its socket's directory stays in TMPDIR, empty (nothing runs in a SIGKILLed process)...
     assert wait_until(lambda: not processes_naming(str(world.root / "tmp")), timeout=10)
+    (left,) = (world.root / "tmp").glob("recover-ssh-*")
+    assert list(left.iterdir()) == []
     assert_image_old(world, mariadb_server, before)
+    # ... until a later run finds it stale (older than any run still connecting) and removes it.
+    os.utime(left, (time.time() - STALE_S - 1,) * 2)
     rerun_and_check(world, mariadb_server, argv, base_before, env=env)
+    assert list((world.root / "tmp").iterdir()) == []
 
 
 # --- the database connection killed mid-transaction --------------------------------------------

@@ -175,10 +175,12 @@ def test_kill_during_ssh_transfer_then_rerun(
     scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, disk_format="raw")
     before = mariadb_server.checksum("i_glance")
     recover = str(Path(sys.executable).with_name("recover"))
+    (tmp_path / "tmp").mkdir()
     env = {
         **os.environ,
         "RECOVER_STATE_DIR": str(tmp_path / "state"),
         "RECOVER_SSH_COMMAND": sshd_server.ssh_command,
+        "TMPDIR": str(tmp_path / "tmp"),  # the killed run's ssh socket directory stays there
     }
     proc = subprocess.Popen([recover, *from_host(scenario, "compute-12", "--yes")], env=env, cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip

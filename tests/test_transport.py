@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from recover.images.qemu import QemuImgError
 from recover.images.transport import (
     AES_FIRST_CIPHERS,
     SSH_OPTIONS,
+    STALE_S,
     LocalTransport,
     SshTransport,
     Transport,
@@ -736,3 +738,23 @@ def test_after_open_a_refused_path_still_starts_no_process(tmp_path: Path) -> No
         with pytest.raises(RecoverError, match=r"^path 'x;y' is not an absolute path$"):
             remote.stat_size("x;y")
         assert not marker.exists()
+
+
+def test_a_new_master_removes_only_stale_empty_socket_directories(
+    ssh_env: SshdServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own = tmp_path / "t"
+    own.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(own))
+    old = time.time() - STALE_S - 1
+    stale, young, busy, other = (own / name for name in (
+        "recover-ssh-killed", "recover-ssh-starting", "recover-ssh-live", "unrelated"))  # fmt: skip
+    for directory in (stale, young, busy, other):
+        directory.mkdir()
+    (busy / "s").write_bytes(b"")  # stands for a live run's socket
+    for directory in (stale, busy, other):
+        os.utime(directory, (old, old))
+    with SshTransport("compute-1").open() as remote:
+        assert remote.stat_size("/") is None
+    assert sorted(p.name for p in own.iterdir()) == [
+        "recover-ssh-live", "recover-ssh-starting", "unrelated"]  # fmt: skip

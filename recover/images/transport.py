@@ -335,6 +335,34 @@ def _effective_config(argv: Sequence[str], host: str) -> dict[str, str] | None:
     return config
 
 
+#: An empty socket directory older than this belongs to a run that was killed (SIGKILL):
+#: a live run's directory holds its socket, and one being set up is younger than the
+#: master's start timeout.
+STALE_S = 2 * SHORT_TIMEOUT_S
+
+
+def _sweep_stale(base: str) -> None:
+    """Remove the socket directories that runs killed by SIGKILL left in ``base``.
+
+    Their master removed its socket as it ended (the killed run's stdin pipe closed), so
+    they are empty; ``rmdir`` removes nothing else, and fails on a directory a live run
+    is using (its socket is there).
+    """
+    now = time.time()
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.startswith(_SOCKET_DIR_PREFIX):
+            continue
+        with contextlib.suppress(OSError):
+            st = entry.stat(follow_symlinks=False)
+            mine = stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+            if mine and now - st.st_mtime > STALE_S:
+                os.rmdir(entry.path)
+
+
 class _Master:
     """One OpenSSH master connection to ``host`` that every command of a recovery shares.
 
@@ -364,6 +392,7 @@ class _Master:
         # mkdtemp adds 8 characters; a TMPDIR too long for the socket gives way to /tmp.
         if len(os.path.join(base, _SOCKET_DIR_PREFIX + "x" * 8, "s")) > _SOCKET_PATH_MAX:
             base = "/tmp"
+        _sweep_stale(base)
         self.directory = tempfile.mkdtemp(prefix=_SOCKET_DIR_PREFIX, dir=base)  # mode 0700
         self.socket = os.path.join(self.directory, "s")
         self.errors = tempfile.TemporaryFile()  # noqa: SIM115 (stop() closes it)
