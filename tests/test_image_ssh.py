@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -286,15 +285,6 @@ def counted(sshd_server: SshdServer, like: str) -> Iterator[tuple[str, LatencyPr
         sshd_server.hosts[alias] = HostAlias(proxy.port, sshd_server.hosts[like].identity)
         sshd_server.write_client_config()
         yield alias, proxy
-
-
-@pytest.fixture
-def own_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A TMPDIR of this test's own (short: the control socket goes there), empty at the end."""
-    directory = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
-    monkeypatch.setattr(tempfile, "tempdir", str(directory))
-    yield directory
-    directory.rmdir()  # fails if anything was left in it
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -717,18 +716,15 @@ def test_an_ssh_command_that_cannot_be_our_master_gets_a_connection_per_call(
 
 
 def test_an_unreachable_host_fails_on_the_first_call_and_leaves_nothing(
-    ssh_env: SshdServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ssh_env: SshdServer, own_tmp: Path
 ) -> None:
-    own = tmp_path / "t"
-    own.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(own))
     with pytest.raises(RecoverError) as caught:
         SshTransport("compute-down").open().stat_size("/")
     assert str(caught.value) == (
         f"cannot reach compute-down over ssh: ssh: connect to host 127.0.0.1 port "
         f"{ssh_env.down_port}: Connection refused"
     )
-    assert list(own.iterdir()) == []
+    assert list(own_tmp.iterdir()) == []
 
 
 def test_after_open_a_refused_path_still_starts_no_process(tmp_path: Path) -> None:
@@ -741,11 +737,9 @@ def test_after_open_a_refused_path_still_starts_no_process(tmp_path: Path) -> No
 
 
 def test_a_new_master_removes_only_stale_empty_socket_directories(
-    ssh_env: SshdServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ssh_env: SshdServer, own_tmp: Path
 ) -> None:
-    own = tmp_path / "t"
-    own.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(own))
+    own = own_tmp
     old = time.time() - STALE_S - 1
     stale, young, busy, other = (own / name for name in (
         "recover-ssh-killed", "recover-ssh-starting", "recover-ssh-live", "unrelated"))  # fmt: skip
