@@ -21,10 +21,9 @@ import posixpath
 import re
 import selectors
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -34,6 +33,7 @@ from recover.errors import RecoverError, RefusedError
 from recover.images.qemu import ImageInfo
 from recover.images.rules import ImageRules
 from recover.images.transport import SshTransport
+from recover.progress import Display
 from recover.text import printable
 
 DEFAULT_SSH_WORKERS = 16
@@ -470,9 +470,6 @@ def probe_host(
     return probe
 
 
-Progress = Callable[[int], None]
-
-
 def probe_hosts(
     requests: Mapping[str, tuple[Sequence[str], Sequence[str]]],
     instances_path: str,
@@ -491,35 +488,11 @@ def probe_hosts(
             pool.submit(probe_host, host, instances_path, names, uuids, timeout)
             for host, (names, uuids) in requests.items()
         ]
-        with _progress_bar(len(futures)) as advance:
+        with Display() as progress:
+            if len(futures) > 1:
+                progress.phase("probing compute hosts", total=len(futures), unit="hosts")
             for future in as_completed(futures):
                 probe = future.result()
                 found[probe.host] = probe
-                advance(1)
+                progress.advance()
     return dict(sorted(found.items()))
-
-
-class _NoBar:
-    def __enter__(self) -> Progress:
-        return lambda n: None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _progress_bar(total: int) -> Any:
-    if total < 2 or not sys.stderr.isatty():
-        return _NoBar()
-    import click
-
-    bar = click.progressbar(length=total, label="Probing compute hosts", file=sys.stderr)
-
-    class _Bar:
-        def __enter__(self) -> Progress:
-            bar.__enter__()
-            return bar.update
-
-        def __exit__(self, *exc: object) -> None:
-            bar.__exit__(None, None, None)
-
-    return _Bar()

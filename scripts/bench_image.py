@@ -275,6 +275,18 @@ class ImageBench:
         Path(self.remote_tmp(case)).unlink(missing_ok=True)
         return result
 
+    def scp_argv(self, case: Case) -> list[str]:
+        """The manual procedure's transfer alone (its qcow2 made untimed beforehand)."""
+        scp = ["scp", "-q", "-O", "-F", str(self.sshd.client_config)]
+        return [*scp, f"{HOST}:{self.remote_tmp(case)}", str(self.tmp / case.qcow2_name)]
+
+    def scp(self, case: Case) -> Run:
+        if not Path(self.remote_tmp(case)).exists():
+            run(self.convert_ssh_argv(case))
+        result = measure(self.scp_argv(case))
+        (self.tmp / case.qcow2_name).unlink(missing_ok=True)
+        return result
+
     def manual_ssh_script(self, case: Case) -> str:
         ssh = shlex.join(self.ssh)
         scp = shlex.join(["scp", "-q", "-O", "-F", str(self.sshd.client_config)])

@@ -23,6 +23,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -569,6 +570,16 @@ def ssh_env(monkeypatch: pytest.MonkeyPatch, sshd_server: SshdServer) -> SshdSer
     """``RECOVER_SSH_COMMAND`` set to ``sshd_server.ssh_command`` for this test; the server."""
     monkeypatch.setenv("RECOVER_SSH_COMMAND", sshd_server.ssh_command)
     return sshd_server
+
+
+@pytest.fixture
+def own_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """This test's own ``tempfile`` directory (short: an ssh control socket goes there, and
+    a sockaddr_un holds 107 characters); removed afterwards, tests check what is left."""
+    directory = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", str(directory))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@
   round trip in each direction, as a cell database in another data centre would.
   ``freeze_on``: once the client sends those bytes, the connection goes silent both
   ways (a server that hangs in the middle of a scan).
+  ``accepted`` counts the connections (with ``round_trip_s=0``: a counting relay).
 * :class:`BlackHole` accepts connections and never says a word (a host whose server
   process is stopped but whose kernel still accepts, or a firewall that swallows).
 """
@@ -23,6 +24,8 @@ class _Server:
         self.port = int(self.listener.getsockname()[1])
         self._sockets: list[socket.socket] = [self.listener]
         self._closed = False
+        #: TCP connections accepted so far (each is one connection to the upstream server).
+        self.accepted = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -32,6 +35,7 @@ class _Server:
             except OSError:
                 return
             self._sockets.append(client)
+            self.accepted += 1
             self.serve(client)
 
     def serve(self, client: socket.socket) -> None:

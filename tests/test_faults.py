@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from recover.demo import SNAPSHOT
+from recover.images.transport import STALE_S
 from tests import clouds
 from tests.images import PROPERTIES, digests
 from tests.sshd import write_executable
@@ -70,6 +71,22 @@ def wait_until(predicate: Any, timeout: float = 60, step: float = 0.002) -> bool
 def stopped(pid: int) -> bool:
     with open(f"/proc/{pid}/stat") as handle:
         return handle.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def processes_naming(text: str) -> list[str]:
+    """Command lines of live processes that name ``text`` (the run's qemu-img, ssh, cat)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        line = " ".join(a.decode(errors="replace") for a in argv)
+        if text in line:
+            found.append(line)
+    return found
 
 
 def kill_transaction_of(mariadb_server: Any, db: str) -> int:
@@ -285,10 +302,21 @@ def test_image_kill_during_remote_conversion(
     remote_tmp = world.base.parent / f".recover-tmp-{SNAPSHOT}.qcow2"
     proc = start(argv, env, world.root)
     assert wait_until(lambda: remote_tmp.exists() or proc.poll() is not None)
+    masters = [p for p in processes_naming(str(world.root / "tmp")) if " -M -S " in p]
     os.killpg(proc.pid, signal.SIGKILL)
     finish(proc)
+    assert len(masters) == 1, masters
+    # The ssh master runs in a session of its own (out of the killed group) with its stdin
+    # a pipe from recover: the pipe closed, the remote `cat` ends and the connection with it.
+    # Its socket's directory stays in TMPDIR, empty (nothing runs in a SIGKILLed process)...
+    assert wait_until(lambda: not processes_naming(str(world.root / "tmp")), timeout=10)
+    (left,) = (world.root / "tmp").glob("recover-ssh-*")
+    assert list(left.iterdir()) == []
     assert_image_old(world, mariadb_server, before)
+    # ... until a later run finds it stale (older than any run still connecting) and removes it.
+    os.utime(left, (time.time() - STALE_S - 1,) * 2)
     rerun_and_check(world, mariadb_server, argv, base_before, env=env)
+    assert list((world.root / "tmp").iterdir()) == []
 
 
 # --- the database connection killed mid-transaction --------------------------------------------

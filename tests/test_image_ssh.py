@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +25,11 @@ from recover.inventory import base_file_name
 from recover.simulate import Instance, create_instance
 from tests import clouds
 from tests.clouds import MakeDb
-from tests.helpers import REPO_ROOT, require_binary
+from tests.helpers import REPO_ROOT, process_env, require_binary
 from tests.images import Scenario, digests, incident_image, qemu_info_format
+from tests.netdelay import LatencyProxy
+from tests.sshd import HostAlias, SshdServer
+from tests.test_hostile import RECOVER
 from tests.test_image import assert_recovered, store_listing
 
 MARKER = Path("/tmp/recover-test-pwned")
@@ -166,10 +174,12 @@ def test_kill_during_ssh_transfer_then_rerun(
     scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, disk_format="raw")
     before = mariadb_server.checksum("i_glance")
     recover = str(Path(sys.executable).with_name("recover"))
+    (tmp_path / "tmp").mkdir()
     env = {
         **os.environ,
         "RECOVER_STATE_DIR": str(tmp_path / "state"),
         "RECOVER_SSH_COMMAND": sshd_server.ssh_command,
+        "TMPDIR": str(tmp_path / "tmp"),  # the killed run's ssh socket directory stays there
     }
     proc = subprocess.Popen([recover, *from_host(scenario, "compute-12", "--yes")], env=env, cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
@@ -261,3 +271,163 @@ def test_partial_base_on_a_compute_node_is_refused(
     assert mariadb_server.checksum("i_glance") == before
     assert store_listing(scenario.store) == listing
     assert sorted(p.name for p in scenario.base.parent.iterdir()) == [scenario.base.name]
+
+
+# --- one ssh connection per recovery ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def counted(sshd_server: SshdServer, like: str) -> Iterator[tuple[str, LatencyProxy]]:
+    """An alias reaching the test sshd (with ``like``'s key) through a relay that counts the
+    TCP connections: every one of them is a connection sshd accepts."""
+    with LatencyProxy(("127.0.0.1", sshd_server.port), 0) as proxy:
+        alias = f"counted-{like}"
+        sshd_server.hosts[alias] = HostAlias(proxy.port, sshd_server.hosts[like].identity)
+        sshd_server.write_client_config()
+        yield alias, proxy
+
+
+@pytest.mark.parametrize(
+    ("like", "disk_format", "path"),
+    [
+        ("compute-12", "qcow2", "stat, qemu-img info, df, convert there, stream, rm"),
+        ("compute-12", "raw", "stat, qemu-img info, stream"),
+        ("compute-noqemu", "qcow2", "stat, no qemu-img, stream, convert here"),
+    ],
+)
+def test_every_step_of_a_recovery_shares_one_ssh_connection(
+    make_db: MakeDb, tmp_path: Path, sshd_server: SshdServer, own_tmp: Path,
+    like: str, disk_format: str, path: str,
+) -> None:  # fmt: skip
+    """Item 5 of issue 13: one TCP connection reaches sshd for the whole recovery (the old
+    transport made one per step: eight for the conversion on the node, four for a raw
+    copy), and nothing is left locally or on the node."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, disk_format=disk_format)
+    with counted(sshd_server, like) as (alias, proxy):
+        result = run(from_host(scenario, alias, "--yes"))
+        assert result.exit_code == 0, result.stderr
+        assert proxy.accepted == 1, path
+    expected = scenario.original if disk_format == "qcow2" else digests(scenario.base)
+    assert assert_recovered(scenario, disk_format) == expected
+    assert sorted(p.name for p in scenario.base.parent.iterdir()) == [scenario.base.name]
+    assert list(own_tmp.iterdir()) == []  # the control socket's directory is gone
+
+
+def test_a_refused_recovery_also_uses_one_connection_and_leaves_nothing(
+    make_db: MakeDb, tmp_path: Path, sshd_server: SshdServer, own_tmp: Path, mariadb_server: Any
+) -> None:
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE, disk_format="raw")
+    os.truncate(scenario.base, 40 << 20)  # a partial copy: refused after qemu-img info
+    before = mariadb_server.checksum("i_glance")
+    with counted(sshd_server, "compute-12") as (alias, proxy):
+        result = run(from_host(scenario, alias, "--yes"))
+        assert result.exit_code == 1
+        assert "has a virtual size of 41943040 bytes" in result.stderr
+        assert proxy.accepted == 1
+    assert mariadb_server.checksum("i_glance") == before
+    assert list(own_tmp.iterdir()) == []
+
+
+def test_options_on_recover_ssh_command_still_apply_with_one_connection(
+    make_db: MakeDb, tmp_path: Path, sshd_server: SshdServer, own_tmp: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The operator's own -o options come first on every ssh command line (ssh keeps the
+    first value): a port through them, and ControlMaster/ControlPath settings of theirs that
+    -M/-S override for this run's private master."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    with counted(sshd_server, "compute-12") as (_, proxy):
+        command = (
+            f"{sshd_server.ssh_command} -o Port={proxy.port} -o ControlMaster=no"
+            " -o ControlPath=none -o Ciphers=aes256-ctr"
+        )
+        monkeypatch.setenv("RECOVER_SSH_COMMAND", command)
+        result = run(from_host(scenario, "compute-1", "--yes"))  # compute-1's own port unused
+        assert result.exit_code == 0, result.stderr
+        assert proxy.accepted == 1
+    assert assert_recovered(scenario) == scenario.original
+    assert list(own_tmp.iterdir()) == []
+
+
+# --- progress on a terminal ----------------------------------------------------------------------
+
+
+def _recover_with_stderr_on(
+    args: list[str], env: dict[str, str], terminal: bool
+) -> tuple[int, str, str]:
+    """Run ``recover``; stdout a pipe, stderr a real pty (``os.openpty``) or a pipe."""
+    if not terminal:
+        done = subprocess.run([RECOVER, *args], env=env, capture_output=True, text=True,
+                              timeout=120, check=False)  # fmt: skip
+        return done.returncode, done.stdout, done.stderr
+    master, slave = os.openpty()
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # the pty's buffer is small: read it while recover runs
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the last writer closed the other side
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        proc = subprocess.Popen([RECOVER, *args], env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=slave)  # fmt: skip
+        os.close(slave)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        reader.join(30)
+        os.close(master)
+    return proc.returncode, out.decode(), b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_progress_bar_on_stderr_only_when_it_is_a_terminal(
+    make_db: MakeDb, tmp_path: Path, sshd_server: SshdServer
+) -> None:
+    """Item 6 of issue 13: click's progress bar, one at a time, on a terminal's stderr; on a
+    pipe not a byte of it; stdout the same report either way."""
+    runs = {}
+    for terminal in (True, False):
+        root = tmp_path / ("tty" if terminal else "pipe")
+        scenario = incident_image(make_db, root, clouds.MODERN_GLANCE, name="p_glance")
+        env = {**process_env(root), "RECOVER_SSH_COMMAND": sshd_server.ssh_command}
+        code, out, err = _recover_with_stderr_on(
+            from_host(scenario, "compute-12", "--yes"), env, terminal
+        )
+        assert code == 0, err
+        assert assert_recovered(scenario) == scenario.original
+        out = re.sub(r"\d{8}T\d{12}Z", "TIME", out.replace(str(root), "ROOT"))
+        runs[terminal] = (out, err)
+    (tty_out, tty_err), (pipe_out, pipe_err) = runs[True], runs[False]
+    assert pipe_err.startswith("Committed; journal ") and pipe_err.count("\n") == 1
+    assert "\r" not in pipe_err and "[#" not in pipe_err and "copying" not in pipe_err
+    assert tty_out == pipe_out and "\r" not in tty_out and "[#" not in tty_out
+    # The remote conversion (a bar of unknown length), then the copy, to 100 %.
+    assert "converting to qcow2 on compute-12 (ssh)" in tty_err
+    size = f"{scenario.original[2] / (1 << 20):.1f}"
+    plain = re.sub(r"\x1b\[\?25[lh]", "", tty_err)  # click hides the cursor meanwhile
+    assert re.search(
+        rf"\rcopying from compute-12 \(ssh\)  \[-+\]    0%.*"
+        rf"\rcopying from compute-12 \(ssh\)  \[#+\]  100%  {size}/{size} MiB\r\n"
+        r"Committed; journal ",
+        plain,
+    ), tty_err
+
+
+def test_node_without_qemu_img_and_a_qcow2_base_keeps_it_byte_for_byte(
+    make_db: MakeDb, tmp_path: Path, counting_ssh: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nova with force_raw_images=False keeps a qcow2 _base: for a qcow2 row it is the image
+    already. Its first bytes (qcow2's magic) say so, so it is hashed as it arrives, once."""
+    scenario = incident_image(make_db, tmp_path, clouds.MODERN_GLANCE)
+    shutil.copyfile(tmp_path / "disks" / "snapshot.qcow2", scenario.base)
+    monkeypatch.setenv("RECOVER_SSH_COMMAND", counting_ssh.command)
+    result = run(from_host(scenario, "compute-noqemu", "--yes"))
+    assert result.exit_code == 0, result.stderr
+    assert assert_recovered(scenario) == scenario.original
+    assert image_bytes(counting_ssh) == [scenario.original[2]]

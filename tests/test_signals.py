@@ -33,6 +33,7 @@ from tests.test_faults import (
     base_stat,
     finish,
     journals,
+    processes_naming,
     rerun_and_check,
     start,
     stopped,
@@ -96,22 +97,6 @@ def committed_line(signum: int, journal: Path) -> str:
         f"Error: interrupted by {signal.Signals(signum).name} after the COMMIT: {title} is "
         f"COMMITTED and stays (journal {journal}); `recover undo {journal}` reverses it\n"
     )
-
-
-def processes_naming(text: str) -> list[str]:
-    """Command lines of live processes that name ``text`` (the run's qemu-img, ssh, cat)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        line = " ".join(a.decode(errors="replace") for a in argv)
-        if text in line:
-            found.append(line)
-    return found
 
 
 def assert_no_litter(world: World) -> None:
@@ -262,7 +247,9 @@ def test_image_signal_during_remote_conversion_removes_the_node_temporary_file(
     assert (exit_code, out, err) == (code, "", interrupted_line(signum))
     assert_image_old(world, mariadb_server, before)
     assert not remote_tmp.exists()
-    assert_no_litter(world)
+    assert_no_litter(world)  # TMPDIR included: the ssh control socket's directory is gone
+    # The run's one ssh connection (its master names the socket under TMPDIR) is stopped.
+    assert processes_naming(str(world.root / "tmp")) == []
     # ssh and the node's qemu-img end with it (sshd closes the session).
     assert wait_until(lambda: not processes_naming(str(world.base)), timeout=10), processes_naming(
         str(world.base)

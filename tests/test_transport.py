@@ -13,6 +13,8 @@ import shlex
 import shutil
 import signal
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,15 @@ import pytest
 from recover.errors import RecoverError
 from recover.images import qemu
 from recover.images.qemu import QemuImgError
-from recover.images.transport import SSH_OPTIONS, LocalTransport, SshTransport, Transport
+from recover.images.transport import (
+    AES_FIRST_CIPHERS,
+    SSH_OPTIONS,
+    STALE_S,
+    LocalTransport,
+    SshTransport,
+    Transport,
+    _has_aes_instructions,
+)
 from tests.helpers import require_binary
 from tests.sshd import COMPUTE_HOSTS, CountingSsh, SshdServer, write_executable
 
@@ -28,13 +38,23 @@ BINARY = bytes(range(256)) * 64 + b"\x00\xff\r\n\x1a tail"
 MIB = 1024 * 1024
 
 
-@pytest.fixture(params=["local", "ssh"])
-def transport(request: pytest.FixtureRequest) -> Transport:
-    """Each test runs with ``LocalTransport()`` and with ``SshTransport("compute-1")``."""
+@pytest.fixture(params=["local", "ssh", "ssh-shared"])
+def transport(request: pytest.FixtureRequest) -> Iterator[Transport]:
+    """Each test runs with ``LocalTransport()``, ``SshTransport("compute-1")`` (a connection
+    per call) and the same ``open()``-ed (every call over one shared connection)."""
     if request.param == "local":
-        return LocalTransport()
+        yield LocalTransport()
+        return
     request.getfixturevalue("ssh_env")
-    return SshTransport("compute-1")
+    remote = SshTransport("compute-1")
+    if request.param == "ssh":
+        yield remote
+        return
+    with remote.open():
+        assert remote.argv(["true"])[-3] == "--"  # nothing started before the first call
+        assert remote.stat_size("/") is None
+        assert remote.argv(["true"])[-5:-3] == ["-o", "ControlMaster=no"]  # really shared
+        yield remote
 
 
 @pytest.fixture
@@ -635,3 +655,100 @@ def test_remove_refuses_a_directory(ssh_env: SshdServer, tmp_path: Path) -> None
         LocalTransport().remove(str(directory))
     assert str(caught.value) == f"cannot remove {directory}: Is a directory"
     assert directory.is_dir()
+
+
+# --- one shared connection (open / close) -----------------------------------------------------
+
+
+def _master_argv(remote: SshTransport) -> list[str]:
+    """The argv of ``remote``'s running ssh master, read from /proc."""
+    master = remote._master
+    assert master is not None and master.proc is not None
+    return (Path("/proc") / str(master.proc.pid) / "cmdline").read_bytes().split(b"\0")[:-1]
+
+
+def test_open_shares_one_master_and_close_removes_it(ssh_env: SshdServer, tmp_path: Path) -> None:
+    path = tmp_path / "five"
+    path.write_bytes(b"12345")
+    remote = SshTransport("compute-1").open()
+    assert remote._master is None  # made by the first call
+    assert remote.stat_size(str(path)) == 5
+    master = remote._master
+    assert master is not None and master.proc is not None
+    directory, proc = Path(master.directory), master.proc
+    assert directory.stat().st_mode & 0o777 == 0o700
+    assert [p.name for p in directory.iterdir()] == ["s"]  # the control socket
+    assert remote.stat_size(str(path)) == 5
+    assert _read_all(remote, str(path)) == b"12345"
+    remote.close()
+    assert proc.returncode is not None  # stopped and reaped
+    assert not directory.exists()
+    assert remote.stat_size(str(path)) == 5  # closed: back to a connection per call
+    remote.close()  # twice is fine
+
+
+def test_master_gets_aes_gcm_first_only_when_nothing_chose_the_ciphers(
+    sshd_server: SshdServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    aes_first = f"Ciphers={AES_FIRST_CIPHERS}".encode()
+    with SshTransport("compute-1", ssh_command=sshd_server.ssh_command) as remote:
+        assert remote.stat_size("/") is None
+        assert (aes_first in _master_argv(remote)) == _has_aes_instructions()
+    chosen = f"{sshd_server.ssh_command} -o Ciphers=aes256-ctr"
+    with SshTransport("compute-1", ssh_command=chosen) as remote:
+        assert remote.stat_size("/") is None  # the connection works
+        argv = _master_argv(remote)
+        assert not any(word.startswith(b"Ciphers=aes128-gcm") for word in argv), argv
+
+
+def test_an_ssh_command_that_cannot_be_our_master_gets_a_connection_per_call(
+    sshd_server: SshdServer, tmp_path: Path
+) -> None:
+    """-M on top of the operator's own -o ControlMaster=yes would mean "ask" (a prompt):
+    ssh -G shows it, and the transport does without a master rather than hang."""
+    path = tmp_path / "five"
+    path.write_bytes(b"12345")
+    command = f"{sshd_server.ssh_command} -o ControlMaster=yes"
+    with SshTransport("compute-1", ssh_command=command) as remote:
+        assert remote.stat_size(str(path)) == 5
+        assert remote._master is None
+        assert "-S" not in remote.argv(["true"])
+
+
+def test_an_unreachable_host_fails_on_the_first_call_and_leaves_nothing(
+    ssh_env: SshdServer, own_tmp: Path
+) -> None:
+    with pytest.raises(RecoverError) as caught:
+        SshTransport("compute-down").open().stat_size("/")
+    assert str(caught.value) == (
+        f"cannot reach compute-down over ssh: ssh: connect to host 127.0.0.1 port "
+        f"{ssh_env.down_port}: Connection refused"
+    )
+    assert list(own_tmp.iterdir()) == []
+
+
+def test_after_open_a_refused_path_still_starts_no_process(tmp_path: Path) -> None:
+    marker = tmp_path / "ssh-ran"
+    fake = write_executable(tmp_path / "fake-ssh", f"#!/bin/sh\ntouch {marker}\nexit 255\n")
+    with SshTransport("compute-1", ssh_command=str(fake)) as remote:
+        with pytest.raises(RecoverError, match=r"^path 'x;y' is not an absolute path$"):
+            remote.stat_size("x;y")
+        assert not marker.exists()
+
+
+def test_a_new_master_removes_only_stale_empty_socket_directories(
+    ssh_env: SshdServer, own_tmp: Path
+) -> None:
+    own = own_tmp
+    old = time.time() - STALE_S - 1
+    stale, young, busy, other = (own / name for name in (
+        "recover-ssh-killed", "recover-ssh-starting", "recover-ssh-live", "unrelated"))  # fmt: skip
+    for directory in (stale, young, busy, other):
+        directory.mkdir()
+    (busy / "s").write_bytes(b"")  # stands for a live run's socket
+    for directory in (stale, busy, other):
+        os.utime(directory, (old, old))
+    with SshTransport("compute-1").open() as remote:
+        assert remote.stat_size("/") is None
+    assert sorted(p.name for p in own.iterdir()) == [
+        "recover-ssh-live", "recover-ssh-starting", "unrelated"]  # fmt: skip

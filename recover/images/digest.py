@@ -148,48 +148,128 @@ class Hasher:
 
 
 def copy_hashing(
-    source: BinaryIO, dest_fd: int, algo: str = DEFAULT_ALGO, progress: Progress | None = None
+    source: BinaryIO,
+    dest_fd: int,
+    algo: str = DEFAULT_ALGO,
+    progress: Progress | None = None,
+    *,
+    hashing: bool = True,
 ) -> Digests:
     """Copy ``source`` to ``dest_fd`` once, hashing every byte; runs of zeros become holes.
 
-    Two buffers take turns: while md5 hashes one on its thread, this one runs the
-    multihash, writes the chunk and reads the next into the other buffer. Every
-    ``WRITE_BEHIND`` bytes a helper thread ``fdatasync``s what was written so far,
-    so the caller's fsync afterwards has little left to wait for.
+    ``hashing=False`` copies without hashing (bytes that will be converted, whose digests
+    nobody needs): the result then has the size only, ``md5`` and ``value`` empty.
+
+    Three stages overlap: this thread reads a chunk and runs the multihash on it, md5 runs
+    on a helper thread (``Hasher``), and a writer thread (:class:`_Writer`) writes it,
+    over a ring of ``RING`` buffers. A write that waits for the disk (the kernel throttles
+    a writer of many dirty pages, and every ``WRITE_BEHIND`` bytes the file is
+    ``fdatasync``-ed meanwhile) then holds back neither the reading nor the hashing: for a
+    stream from ssh, the sender keeps sending while the disk catches up.
     """
     hasher = Hasher(algo)
-    buffers = (bytearray(CHUNK), bytearray(CHUNK))
-    views = (memoryview(buffers[0]), memoryview(buffers[1]))
-    zero = bytes(CHUNK)
-    pending_hole = 0
-    behind = _WriteBehind(dest_fd)
+    ring = [bytearray(CHUNK) for _ in range(RING)]
+    views = [memoryview(buffer) for buffer in ring]
+    writer = _Writer(dest_fd)
     turn = 0
+    completed = False
     try:
-        n = source.readinto(buffers[0])  # type: ignore[attr-defined]
+        writer.reusable(turn)
+        n = source.readinto(ring[turn])  # type: ignore[attr-defined]
+        copied = 0
         while n:
             chunk = views[turn][:n]
-            hasher.begin(chunk)
-            if n == CHUNK and buffers[turn] == zero:
-                # Sparse, like `cp --sparse=always`: raw _base files are mostly holes.
-                pending_hole += n
-            else:
-                if pending_hole:
-                    os.lseek(dest_fd, pending_hole, os.SEEK_CUR)
-                    pending_hole = 0
-                _write_all(dest_fd, chunk)
-            behind.wrote(hasher.size)
-            turn = 1 - turn
-            n = source.readinto(buffers[turn])  # type: ignore[attr-defined]
-            hasher.end()
+            copied += n
+            if hashing:
+                hasher.begin(chunk)
+            # Sparse, like `cp --sparse=always`: raw _base files are mostly holes.
+            writer.submit(turn, chunk, hole=n == CHUNK and ring[turn] == _ZERO)
+            turn = (turn + 1) % RING
+            writer.reusable(turn)
+            n = source.readinto(ring[turn])  # type: ignore[attr-defined]
+            hasher.end()  # md5 is done with the chunk before: at most one behind
             if progress is not None:
-                progress(hasher.size)
+                progress(copied)
+        completed = True
     finally:
         hasher.close()
-        behind.close()
-    if pending_hole:
-        os.lseek(dest_fd, pending_hole, os.SEEK_CUR)
-    os.ftruncate(dest_fd, hasher.size)
+        writer.close(raising=completed)
+    os.ftruncate(dest_fd, copied)
+    if not hashing:
+        return Digests("", algo, "", copied)
     return hasher.result()
+
+
+#: copy_hashing's buffers in flight (read, hashed, being written): 4 x CHUNK of memory.
+RING = 4
+_ZERO = bytes(CHUNK)
+
+
+class _Writer:
+    """Writes chunks to ``fd`` on a helper thread, in order, leaving holes for zero chunks.
+
+    ``reusable(i)`` waits until buffer ``i``'s last chunk is written and raises the
+    writer's error, if one happened; ``close`` waits for the rest and seeks over a final
+    hole (the caller's ``ftruncate`` then gives the file its size).
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.behind = _WriteBehind(fd)
+        self.jobs: queue.SimpleQueue[tuple[int, memoryview, bool] | None] = queue.SimpleQueue()
+        self.free = [threading.Event() for _ in range(RING)]
+        for event in self.free:
+            event.set()
+        self.error: BaseException | None = None
+        self.abort = False  # the copy failed: skip what is still queued
+        self.hole = 0
+        self.total = 0
+        self.thread = threading.Thread(target=self._run, name="recover-write", daemon=True)
+        self.thread.start()
+
+    def submit(self, index: int, chunk: memoryview, *, hole: bool) -> None:
+        self.free[index].clear()
+        self.jobs.put((index, chunk, hole))
+
+    def reusable(self, index: int) -> None:
+        self.free[index].wait()
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            index, chunk, hole = job
+            try:
+                if self.error is None and not self.abort:
+                    self._write(chunk, hole)
+            except BaseException as exc:  # handed to the reading thread by reusable/close
+                self.error = exc
+            finally:
+                chunk = None  # type: ignore[assignment]  # no reference to a reused buffer
+                self.free[index].set()
+
+    def _write(self, chunk: memoryview, hole: bool) -> None:
+        if hole:
+            self.hole += len(chunk)
+        else:
+            if self.hole:
+                os.lseek(self.fd, self.hole, os.SEEK_CUR)
+                self.hole = 0
+            _write_all(self.fd, chunk)
+        self.total += len(chunk)
+        self.behind.wrote(self.total)
+
+    def close(self, *, raising: bool) -> None:
+        """Finish the writes (``raising``: raise the writer's error), or skip them (not
+        ``raising``: the copy failed anyway); stop the thread."""
+        self.abort = not raising
+        self.jobs.put(None)
+        self.thread.join()
+        self.behind.close()
+        if raising and self.error is not None:
+            raise self.error
+        if raising and self.hole:
+            os.lseek(self.fd, self.hole, os.SEEK_CUR)
 
 
 class _WriteBehind:

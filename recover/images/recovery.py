@@ -12,7 +12,6 @@ flavor's plan/journal mechanism).
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +26,7 @@ from recover.errors import ConfigError, NotFoundError, RecoverError, RefusedErro
 from recover.glance import GlanceReader
 from recover.images import api
 from recover.images.ceph import parse_location
-from recover.images.digest import DEFAULT_ALGO, Digests, Progress
+from recover.images.digest import DEFAULT_ALGO, Digests
 from recover.images.nova_copies import INHERITABLE, NovaCopies, Sourced, read_copies
 from recover.images.rows import (
     PROPERTY_WINDOW,
@@ -50,6 +49,7 @@ from recover.images.stores.glance_api import GlanceApiStore
 from recover.images.stores.rbd import RbdStore
 from recover.images.stores.rbd import client as rbd_client
 from recover.plan import Plan
+from recover.progress import Display
 from recover.text import printable
 from recover.write import Confirm, Outcome, committed_failure
 
@@ -88,23 +88,6 @@ def validate_uuid(text: str) -> str:
 def _deleted_with(deleted_at: datetime | None, anchor: datetime | None) -> bool:
     """Deleted with the image (image_plan revives it), not removed from it before."""
     return within(deleted_at, anchor, PROPERTY_WINDOW)
-
-
-def _progress(label: str, total: int | None) -> Progress | None:
-    if not sys.stderr.isatty():
-        return None
-    step = max((total or 0) // 100, 64 * 1024 * 1024)
-    shown = [0]
-
-    def report(done: int) -> None:
-        if done - shown[0] >= step:
-            shown[0] = done
-            pct = f" {100 * done // total}%" if total else ""
-            print(
-                f"\r{label}: {done // (1024 * 1024)} MiB{pct}", end="", file=sys.stderr, flush=True
-            )
-
-    return report
 
 
 class ImageRecovery:
@@ -380,24 +363,30 @@ class ImageRecovery:
             outcome.extra.update(self.metadata_report(plan))
             return outcome
         source = self._source()
-        action = store.action(source, self.target_format)
-        if go.dry_run:
-            if not store.queued:
-                action += "; hashes and sizes are computed from the new file"
-            plan = self.plan(PendingData(self.target_format, self.algo), action)
-            outcome = store.commit(plan, go)
-            outcome.extra.update(self.metadata_report(plan))
-            return outcome
-        with store.staging() as staged:
-            progress = _progress(f"image {self.image_id}", None)
-            new_data = source.produce(staged, self.target_format, self.algo, progress)
-            self.rules.check_new_bytes(new_data, source.label)
-            self.new_digests = new_data.digests
-            plan = self.plan(new_data, action)
-            outcome = store.commit(plan, go, staged, new_data)
-            outcome.extra["bytes"] = self.rules.bytes_report(new_data)
-            outcome.extra.update(self.metadata_report(plan))
-            return outcome
+        try:
+            action = store.action(source, self.target_format)
+            if go.dry_run:
+                if not store.queued:
+                    action += "; hashes and sizes are computed from the new file"
+                plan = self.plan(PendingData(self.target_format, self.algo), action)
+                outcome = store.commit(plan, go)
+                outcome.extra.update(self.metadata_report(plan))
+                return outcome
+            with store.staging() as staged:
+                try:
+                    with Display() as display:
+                        new_data = source.produce(staged, self.target_format, self.algo, display)
+                finally:
+                    source.close()  # the ssh connection is not held while the rows change
+                self.rules.check_new_bytes(new_data, source.label)
+                self.new_digests = new_data.digests
+                plan = self.plan(new_data, action)
+                outcome = store.commit(plan, go, staged, new_data)
+                outcome.extra["bytes"] = self.rules.bytes_report(new_data)
+                outcome.extra.update(self.metadata_report(plan))
+                return outcome
+        finally:
+            source.close()
 
 
 def recover_image(

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from recover.images.digest import Progress
 from recover.images.rows import NewData
 from recover.images.store import Staged
+from recover.progress import Display
 
 
 class ImageSource(Protocol):
@@ -30,8 +30,11 @@ class ImageSource(Protocol):
         """One line for the plan: ``rebuild from X on Y (raw -> qcow2)``."""
         ...
 
-    def produce(
-        self, staged: Staged, target_format: str, algo: str, progress: Progress | None
-    ) -> NewData:
-        """Write the bytes into ``staged`` in ``target_format``, hashed as they are written."""
+    def produce(self, staged: Staged, target_format: str, algo: str, display: Display) -> NewData:
+        """Write the bytes into ``staged`` in ``target_format``, hashed as they are written;
+        each long step is shown on ``display`` (a terminal's progress bar, else nothing)."""
+        ...
+
+    def close(self) -> None:
+        """Release the source's connection (``--from-host``: the one ssh connection)."""
         ...

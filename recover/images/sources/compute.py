@@ -76,11 +76,15 @@ def compute_node_source(
             raise NotFoundError(f"no compute node has the _base file: {'; '.join(misses)}")
     for host, spellings in hosts.items():
         paths = [posixpath.join(base_dir, n) for n in base_names(image_id, typed_id, spellings)]
+        transport: SshTransport | None = None
         try:
-            transport = SshTransport(host)
+            # One connection per host for every step that follows (transport.open).
+            transport = SshTransport(host).open()
             for base in paths:
                 if transport.stat_size(base) is not None:
-                    return TransportSource(transport, base, rules, image_id)
+                    source = TransportSource(transport, base, rules, image_id)
+                    transport = None  # the source owns it now and closes it
+                    return source
             misses.append(f"{host}: no {' nor '.join(paths)}")
         except RefusedError as exc:
             if from_host:
@@ -90,6 +94,9 @@ def compute_node_source(
             if len(hosts) == 1 and from_host:
                 raise
             misses.append(f"{host}: {exc}")
+        finally:
+            if transport is not None:
+                transport.close()
     raise NotFoundError(f"no compute node has the _base file: {'; '.join(misses)}")
 
 
