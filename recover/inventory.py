@@ -724,8 +724,18 @@ def _image_suggestion(image: ImageOrphan) -> tuple[str | None, str | None]:
             "only failed builds in cell0 use it: no compute node ever ran them; "
             "delete them (openstack server delete) rather than recover the image"
         )
+    command, note = _source_suggestion(image, quoted)
     if image.status == "missing":
-        return None, "the images row was purged; recover cannot re-create it under the same id"
+        # recover/images/recreate.py: the row comes back from the request spec and the
+        # instances' system metadata; the bytes from the same sources as any image.
+        note = (
+            "the images row was purged: re-created under its own id from Nova's copies "
+            f"(request spec, system metadata); the data: {note}"
+        )
+    return command, note
+
+
+def _source_suggestion(image: ImageOrphan, quoted: str) -> tuple[str, str]:
     if image.store_file:
         return f"recover image {quoted}", "the store still holds the data: un-delete only"
     if image.rbd is not None and image.rbd.get("state") in RBD_NOTES:

@@ -28,6 +28,8 @@ from recover.glance import GlanceReader
 from recover.images import api
 from recover.images.ceph import parse_location
 from recover.images.digest import DEFAULT_ALGO, Digests, Progress
+from recover.images.nova_copies import read_copies
+from recover.images.recreate import Recreated, finish_plan, recreated
 from recover.images.rows import NewData, PendingData, image_plan, meta_store, restored_status
 from recover.images.rules import ImageRules
 from recover.images.sources import ImageSource
@@ -36,7 +38,7 @@ from recover.images.sources.compute import compute_node_source
 from recover.images.sources.transfer import WRITABLE
 from recover.images.stores import Go, ImageStore
 from recover.images.stores.filesystem import FilesystemStore
-from recover.images.stores.glance_api import GlanceApiStore
+from recover.images.stores.glance_api import GlanceApiCreateStore, GlanceApiStore
 from recover.images.stores.rbd import RbdStore
 from recover.images.stores.rbd import client as rbd_client
 from recover.plan import Plan
@@ -61,6 +63,8 @@ class ImageRequest:
     #: Store bytes that are not the original upload's (a refusal of the size rules becomes
     #: a loud warning in the report).
     accept_new_bytes: bool = False
+    #: The instance whose copy of the image metadata to trust when the instances disagree.
+    from_instance: str | None = None
 
 
 def validate_uuid(text: str) -> str:
@@ -95,6 +99,8 @@ class ImageRecovery:
         self.request = request
         self.image_id = validate_uuid(request.image_id)
         self.glance: GlanceReader = open_glance(settings)
+        #: The purged row being re-created from Nova's copies (None: the row exists).
+        self.recreated: Recreated | None = None
         self.row = self._row()
         self.target_format = self._target_format()
         self.algo = self.row.get("os_hash_algo") or settings.hashing_algorithm or DEFAULT_ALGO
@@ -102,7 +108,10 @@ class ImageRecovery:
         files = FilesystemStore(settings, self.image_id, self.row, self.rules, self.algo,
                                 reformat=bool(request.disk_format))  # fmt: skip
         self.store: ImageStore = files
-        if request.via_api:
+        if request.via_api and self.recreated is not None:
+            self.store = GlanceApiCreateStore(glance_api, self.glance, self.recreated,
+                                              files.final)  # fmt: skip
+        elif request.via_api:
             self.store = GlanceApiStore(glance_api, self.glance, self.image_id, self.row,
                                         files.final)  # fmt: skip
         elif (rbd := self._rbd_store()) is not None:
@@ -126,11 +135,8 @@ class ImageRecovery:
                 conn.execute(select(images).where(images.c.id == self.image_id)).mappings().first()
             )
         if found is None:
-            raise NotFoundError(
-                f"image {self.image_id} has no images row: it was purged "
-                "(glance-manage db purge_images_table) or never existed",
-                hint="recover cannot bring an image back under the same id without its row",
-            )
+            self.recreated = self._recreate()
+            return self.recreated.row
         row = dict(found)
         if row["status"] == "active" and not row["deleted"]:
             raise RefusedError(f"image {self.image_id} is active: nothing to recover")
@@ -143,6 +149,19 @@ class ImageRecovery:
                 hint="recover only brings back deleted or failed images",
             )
         return row
+
+    def _recreate(self) -> Recreated:
+        """The row was purged: what Nova's copies say it held (refused without live users)."""
+        if self.settings.nova_api_db is None and not self.settings.cell_urls():
+            raise NotFoundError(
+                f"image {self.image_id} has no images row: it was purged "
+                "(glance-manage db purge_images_table) or never existed",
+                hint="pass --nova-api-db (or --nova-db): recover re-creates a purged row from "
+                "the copies Nova keeps for the instances booted from it",
+            )
+        copies = read_copies(self.settings, self.image_id, from_instance=self.request.from_instance)
+        now = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+        return recreated(self.glance, self.image_id, copies, now, self.request.disk_format)
 
     def _target_format(self) -> str:
         wanted = self.request.disk_format or self.row["disk_format"]
@@ -206,6 +225,7 @@ class ImageRecovery:
     def plan(self, new_data: NewData | PendingData | None, action: str) -> Plan:
         queued = self.store.queued
         location = self.store.location()
+        plan_now = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
         plan = image_plan(
             self.glance,
             self.row,
@@ -213,11 +233,13 @@ class ImageRecovery:
             location_kind=location.kind,
             new_data=new_data,
             store_id=location.store_id,
-            now=datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0),
+            now=plan_now,
             action=action,
             queued_for_upload=queued,
             store_dirs=location.dirs,
         )
+        if self.recreated is not None:
+            plan = finish_plan(plan, self.glance, self.recreated, plan_now)
         row = self.row
         if isinstance(new_data, PendingData) and self.rules.identical_upload(new_data.disk_format):
             plan.notes.append(
@@ -313,6 +335,8 @@ def recover_image(
                 else "check --glance-endpoint and the token (or OS_*), or pass --no-verify",
             )
         outcome = recovery.run(dry_run=dry_run, yes=yes, command=command, confirm=confirm)
+        if recovery.recreated is not None:
+            outcome.extra["recreated"] = recovery.recreated.report()
     finally:
         recovery.close()
     if outcome.status == "applied" and want_verify:
