@@ -25,7 +25,7 @@ gone (glance ``ImageRepo.add``: a primary-key collision only).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import func, select
@@ -106,6 +106,16 @@ def _jsonable(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
+def _utc(text: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment.replace(microsecond=0)
+
+
 def property_text(value: Any) -> str:
     """A property value as Glance stores it: text (the v2 schema allows strings only)."""
     if isinstance(value, bool):
@@ -127,21 +137,22 @@ def recreated(
             "recover re-creates a purged id only for the instances still booted from it",
             hint="re-using a purged image id for other data is OSSN-0075; upload a new image",
         )
-    if copies.conflicts:
-        described = "; ".join(
-            f"{name}: " + ", ".join(f"{value!r} on {', '.join(sorted(who))}"
-                                    for value, who in sorted(values.items()))
-            for name, values in sorted(copies.conflicts.items())
-        )  # fmt: skip
-        raise RefusedError(
-            f"the live instances of image {image_id} disagree about its properties ({described})",
-            hint="choose the instance to trust: --from-instance UUID",
-        )
+    conflict = copies.conflict_error()
+    if conflict is not None:
+        raise conflict
     core = dict(copies.core)
     fields: dict[str, Sourced] = {}
     for name in CORE:
         if name in core and core[name].value is not None:
             fields[name] = core[name]
+    if "created_at" in fields and isinstance(fields["created_at"].value, str):
+        # An oslo DateTimeField primitive ("2026-11-28T10:00:00Z"); the column is naive UTC.
+        moment = _utc(fields["created_at"].value)
+        fields["created_at"] = (
+            Sourced(moment, fields["created_at"].source)
+            if moment is not None
+            else Sourced(now, "now", True, "the copy's created_at is not a date")
+        )
     if disk_format and "disk_format" not in fields:
         fields["disk_format"] = Sourced(disk_format, "--disk-format")
     if "disk_format" not in fields:

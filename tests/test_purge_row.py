@@ -1,0 +1,415 @@
+"""A purged ``images`` row re-created under its own id (issue 12 item 3, glance-purge.md (b)).
+
+Everything is the real thing: the image is created, uploaded and deleted through the real
+Glance API (``glance_purge``, a database of its own), purged by the real ``glance-manage db
+purge`` and ``purge_images_table`` (tests/purge.py), and booted by the real nova object
+layer (tests/nova_layer.py: ``get_system_metadata_from_image`` and ``RequestSpec.create()``),
+so the copies recover reads are Nova's own. The re-created image must then be served by
+the same Glance API and pass glanceclient's verified download, as Nova's download does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from recover.cli import cli
+from recover.config import ENV_VARS
+from recover.inventory import base_file_name
+from tests.glance_api import GlanceApi, create_image
+from tests.helpers import process_env
+from tests.nova_layer import nova_databases, run_nova
+from tests.purge import purge_all, surviving
+from tests.test_glance_api import assert_served, download, make_raw, to_qcow2
+from tests.test_hostile import RECOVER
+
+if TYPE_CHECKING:
+    from tests.sshd import SshdServer
+
+pytestmark = pytest.mark.slow
+
+OWNER, OTHER = "p-owner", "p-other"
+PROPS = {"hw_disk_bus": "scsi", "hw_scsi_model": "virtio-scsi", "os_distro": "cirros",
+         "app_role": "db"}  # fmt: skip
+FLAVOR = {"name": "m1.pr", "flavorid": "pr1", "memory_mb": 512, "vcpus": 1, "root_gb": 1}
+TABLES = ("images", "image_properties", "image_members", "image_tags", "image_locations")
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ENV_VARS.values():
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("RECOVER_STATE_DIR", str(tmp_path / "state"))
+
+
+@pytest.fixture
+def nova_urls(db_factory: Any, mariadb_server: Any) -> tuple[str, str]:
+    return nova_databases(db_factory, mariadb_server, "pr_api", "pr_cell1")
+
+
+@dataclass
+class Purged:
+    image_id: str
+    original: bytes
+    raw: Path
+    shown: dict[str, Any]
+    instances: list[str]
+
+
+def purged_image(
+    api: GlanceApi, nova_python: str, nova_urls: tuple[str, str], tmp_path: Path, seed: int,
+    users: list[tuple[str, str]], *, boot: bool = True,
+) -> Purged:  # fmt: skip
+    """An image created and deleted through the API, booted by ``users`` ((uuid, project))
+    through the nova object layer, then purged whole by the real glance-manage."""
+    raw = make_raw(tmp_path / f"guest-{seed}.raw", seed)
+    original = to_qcow2(raw, tmp_path / f"guest-{seed}.qcow2").read_bytes()
+    client = api.client()
+    image_id = create_image(client, original, "qcow2", name=f"purge-row-{seed}", **PROPS)
+    client.images.update(image_id, owner=OWNER, visibility="shared", min_disk=1, min_ram=128)
+    shown = dict(client.images.get(image_id))
+    if boot:
+        schema = client.schemas.get("image").raw()
+        spec = {
+            "flavors": [FLAVOR], "image_schema": schema,
+            "instances": [{"uuid": u, "project_id": p, "flavorid": FLAVOR["flavorid"],
+                           "host": "compute-1", "image": shown} for u, p in users],
+        }  # fmt: skip
+        run_nova(nova_python, "create", *nova_urls, "--spec", json.dumps(spec, default=str))
+    client.images.delete(image_id)
+    purge_all(api, images=[image_id])
+    assert all(rows == [] for rows in surviving(api, image_id).values())
+    return Purged(image_id, original, raw, shown, [u for u, _ in users])
+
+
+def recover(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args))
+
+
+def args(
+    api: GlanceApi, nova_urls: tuple[str, str], *more: str, endpoint: bool = True
+) -> list[str]:
+    found = ["--glance-db", api.db_url, "--store-dir", str(api.store_dir),
+             "--nova-api-db", nova_urls[0]]  # fmt: skip
+    if endpoint:
+        found += ["--glance-endpoint", api.endpoint]
+    return [*found, *more]
+
+
+def rows_of(api: GlanceApi, image_id: str) -> dict[str, list[dict[str, Any]]]:
+    return {t: r for t, r in surviving(api, image_id).items()}
+
+
+def live_properties(api: GlanceApi, image_id: str) -> dict[str, str]:
+    rows = api.query(
+        "SELECT name, value FROM image_properties WHERE image_id = %s AND deleted = 0", (image_id,)
+    )
+    return {r["name"]: r["value"] for r in rows}
+
+
+def checksum_tables(api: GlanceApi) -> dict[str, Any]:
+    rows = api.query(f"CHECKSUM TABLE {', '.join(TABLES)}")
+    return {r["Table"]: r["Checksum"] for r in rows}
+
+
+def store_listing(api: GlanceApi) -> list[str]:
+    return sorted(p.name for p in api.store_dir.iterdir())
+
+
+USERS = [("7a000000-0000-4000-8000-000000000001", OWNER),
+         ("7a000000-0000-4000-8000-000000000002", OTHER)]  # fmt: skip
+
+
+def expect_recreated(api: GlanceApi, image: Purged) -> dict[str, Any]:
+    """The row, its properties and members as the re-creation must leave them."""
+    (row,) = surviving(api, image.image_id)["images"]
+    assert {k: row[k] for k in ("id", "name", "owner", "disk_format", "container_format",
+                                "min_ram", "min_disk", "visibility", "status", "deleted",
+                                "deleted_at", "protected", "os_hidden")} == {
+        "id": image.image_id, "name": image.shown["name"], "owner": OWNER,
+        "disk_format": "qcow2", "container_format": "bare", "min_ram": 128, "min_disk": 1,
+        "visibility": "shared", "status": "active", "deleted": 0, "deleted_at": None,
+        "protected": 0, "os_hidden": 0,
+    }  # fmt: skip
+    # The same qemu-img made the same qcow2 from the same _base: the original bytes.
+    assert (row["checksum"], row["size"]) == (image.shown["checksum"], image.shown["size"])
+    assert row["checksum"] == hashlib.md5(image.original).hexdigest()
+    assert live_properties(api, image.image_id) == PROPS
+    members = api.query(
+        "SELECT member, status, deleted, deleted_at FROM image_members WHERE image_id = %s",
+        (image.image_id,),
+    )
+    assert members == [{"member": OTHER, "status": "accepted", "deleted": 0, "deleted_at": None}]
+    return row
+
+
+# --- the database path ----------------------------------------------------------------------
+
+
+def test_purged_row_recreated_from_the_base_file_and_served(
+    glance_purge: GlanceApi, nova_python: str, nova_urls: tuple[str, str], tmp_path: Path
+) -> None:
+    api = glance_purge
+    image = purged_image(api, nova_python, nova_urls, tmp_path, 31, USERS)
+
+    result = recover(*args(api, nova_urls, "image", image.image_id, "--base-file",
+                           str(image.raw), "--yes", "--format", "json"))  # fmt: skip
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["title"] == f"re-create purged image {image.image_id} ({image.shown['name']})"
+    assert report["changes"] == ["insert 1 row(s) in images", "insert 1 row(s) in image_locations",
+                                 "insert 4 row(s) in image_properties",
+                                 "insert 1 row(s) in image_members"]  # fmt: skip
+    made = report["recreated"]
+    assert made["instances"] == image.instances
+    assert made["guessed"] == ["visibility"]
+    assert {n: f["source"].split(" of ")[0] for n, f in made["fields"].items()
+            if n != "visibility"} == dict.fromkeys(
+        ("name", "owner", "disk_format", "container_format", "min_ram", "min_disk", "checksum",
+         "size", "created_at"), "request_spec")  # fmt: skip
+    # Nova's boot image has no virtual_size (nova/image/glance.py _extract_attributes_v2
+    # omits it): the re-created row takes the new bytes' own.
+    assert made["members"] == [OTHER]
+    assert sorted(made["properties"]) == sorted(PROPS)
+    assert report["bytes"]["identical"] is True
+    assert all(c["ok"] for c in report["verify"]), report["verify"]
+
+    row = expect_recreated(api, image)
+    assert row["created_at"].isoformat() == image.shown["created_at"].removesuffix("Z")
+    assert_served(api, image.image_id, image.original)
+    # The journal names every guessed field too.
+    journal = json.loads(Path(report["journal"]).read_text())
+    assert journal["subject"]["recreated"]["guessed"] == ["visibility"]
+    assert any(n.startswith("GUESSED: visibility=shared") for n in journal["notes"])
+
+    # A later purge run (the cron of the next night) deletes none of it.
+    purge_all(api, images=[image.image_id])
+    expect_recreated(api, image)
+    assert download(api.client(), image.image_id) == image.original
+
+
+def test_purged_row_recreated_through_the_api(
+    glance_purge: GlanceApi, nova_python: str, nova_urls: tuple[str, str], tmp_path: Path
+) -> None:
+    api = glance_purge
+    image = purged_image(api, nova_python, nova_urls, tmp_path, 32, USERS)
+
+    dry = recover(*args(api, nova_urls, "image", image.image_id, "--base-file", str(image.raw),
+                        "--via-api", "--dry-run"))  # fmt: skip
+    assert dry.exit_code == 0, dry.stdout + dry.stderr
+    post = next(
+        line for line in dry.stdout.splitlines() if line.startswith("-- API: POST /v2/images ")
+    )
+    body = json.loads(post.removeprefix("-- API: POST /v2/images "))
+    assert body == {"id": image.image_id, "name": image.shown["name"], "owner": OWNER,
+                    "disk_format": "qcow2", "container_format": "bare", "min_ram": 128,
+                    "min_disk": 1, "visibility": "shared", **PROPS}  # fmt: skip
+    assert all(rows == [] for rows in surviving(api, image.image_id).values())
+
+    result = recover(*args(api, nova_urls, "image", image.image_id, "--base-file",
+                           str(image.raw), "--via-api", "--yes", "--format", "json"))  # fmt: skip
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["uploaded"] == {"md5": hashlib.md5(image.original).hexdigest(),
+                                  "size": len(image.original)}  # fmt: skip
+    assert all(c["ok"] for c in report["verify"]), report["verify"]
+    row = expect_recreated(api, image)
+    assert row["os_hash_value"] == hashlib.sha512(image.original).hexdigest()
+    assert_served(api, image.image_id, image.original)
+    (location,) = surviving(api, image.image_id)["image_locations"]
+    assert location["value"] == f"file://{api.store_dir / image.image_id}"
+
+    # undo: the rows Glance wrote and its file go; the id has no row again, as before.
+    undone = recover(*args(api, nova_urls, "undo", report["journal"], "--yes"))
+    assert undone.exit_code == 0, undone.stdout + undone.stderr
+    assert all(rows == [] for rows in surviving(api, image.image_id).values())
+    assert not (api.store_dir / image.image_id).exists()
+
+
+def test_undo_of_a_recreated_row_restores_no_row(
+    glance_purge: GlanceApi, nova_python: str, nova_urls: tuple[str, str], tmp_path: Path
+) -> None:
+    api = glance_purge
+    image = purged_image(api, nova_python, nova_urls, tmp_path, 33, USERS)
+    before, listing = checksum_tables(api), store_listing(api)
+    result = recover(*args(api, nova_urls, "image", image.image_id, "--base-file",
+                           str(image.raw), "--yes", "--format", "json"))  # fmt: skip
+    assert result.exit_code == 0, result.stdout + result.stderr
+    journal = json.loads(result.stdout)["journal"]
+    assert (api.store_dir / image.image_id).is_file()
+
+    dry = recover(*args(api, nova_urls, "undo", journal, "--dry-run"))
+    assert dry.exit_code == 0, dry.stderr
+    assert f"DELETE FROM images WHERE images.id = '{image.image_id}';" in dry.stdout
+    assert (api.store_dir / image.image_id).is_file()
+
+    undone = recover(*args(api, nova_urls, "undo", journal, "--yes", "--format", "json"))
+    assert undone.exit_code == 0, undone.stdout + undone.stderr
+    assert json.loads(undone.stdout)["removed_files"] == [str(api.store_dir / image.image_id)]
+    assert all(rows == [] for rows in surviving(api, image.image_id).values())
+    assert (checksum_tables(api), store_listing(api)) == (before, listing)
+
+
+# --- refusals and dry-runs change nothing ---------------------------------------------------
+
+
+def test_refused_for_an_id_no_live_instance_references(
+    glance_purge: GlanceApi, nova_python: str, nova_urls: tuple[str, str], tmp_path: Path
+) -> None:
+    api = glance_purge
+    image = purged_image(api, nova_python, nova_urls, tmp_path, 34, [], boot=False)
+    before, listing = checksum_tables(api), store_listing(api)
+    for extra in ((), ("--via-api",)):
+        result = recover(*args(api, nova_urls, "image", image.image_id, "--base-file",
+                               str(image.raw), *extra, "--yes"))  # fmt: skip
+        assert result.exit_code == 1
+        assert result.stderr == (
+            f"Error: image {image.image_id} has no images row (purged) and no live instance "
+            "references it: recover re-creates a purged id only for the instances still "
+            "booted from it; re-using a purged image id for other data is OSSN-0075; upload "
+            "a new image\n"
+        )
+        assert (checksum_tables(api), store_listing(api)) == (before, listing)
+    assert not list((tmp_path / "state").rglob("*.json"))
+
+
+def test_dry_run_changes_nothing(
+    glance_purge: GlanceApi, nova_python: str, nova_urls: tuple[str, str], tmp_path: Path
+) -> None:
+    api = glance_purge
+    image = purged_image(api, nova_python, nova_urls, tmp_path, 35, USERS[:1])
+    before, listing = checksum_tables(api), store_listing(api)
+    result = recover(*args(api, nova_urls, "image", image.image_id, "--base-file",
+                           str(image.raw), "--dry-run"))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert "INSERT INTO images (id, name," in result.stdout
+    assert "GUESSED: visibility=private" in result.stdout  # one project runs it: no member
+    assert result.stdout.rstrip().endswith("ROLLBACK;")
+    assert (checksum_tables(api), store_listing(api)) == (before, listing)
+    assert not (tmp_path / "state").exists() or not list((tmp_path / "state").rglob("*.json"))
+
+
+def test_refused_when_the_id_was_taken_meanwhile(
+    glance_purge: GlanceApi, nova_python: str, nova_urls: tuple[str, str], tmp_path: Path
+) -> None:
+    """Someone created an image under the id between inventory and recover: it is live, and
+    recover leaves it alone (the re-creation is for a purged id only)."""
+    api = glance_purge
+    image = purged_image(api, nova_python, nova_urls, tmp_path, 36, USERS[:1])
+    api.client().images.create(id=image.image_id, name="squatter", disk_format="raw",
+                               container_format="bare")  # fmt: skip
+    before, listing = checksum_tables(api), store_listing(api)
+    result = recover(*args(api, nova_urls, "image", image.image_id, "--base-file",
+                           str(image.raw), "--yes"))  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: image {image.image_id} is 'queued', not deleted")
+    assert (checksum_tables(api), store_listing(api)) == (before, listing)
+
+
+# --- the inventory's command ----------------------------------------------------------------
+
+
+def test_inventory_command_for_a_missing_image_runs(
+    glance_purge: GlanceApi, nova_python: str, nova_urls: tuple[str, str], tmp_path: Path,
+    ssh_env: SshdServer,
+) -> None:  # fmt: skip
+    api = glance_purge
+    image = purged_image(api, nova_python, nova_urls, tmp_path, 37, USERS)
+    instances = tmp_path / "instances"
+    (instances / "_base").mkdir(parents=True)
+    image.raw.rename(instances / "_base" / base_file_name(image.image_id))
+    listed = recover(*args(api, nova_urls, "inventory", "--format", "json", endpoint=False))
+    assert listed.exit_code == 0, listed.stderr
+    (orphan,) = [i for i in json.loads(listed.stdout)["images"] if i["id"] == image.image_id]
+    assert orphan["status"] == "missing"
+    assert orphan["recover"] == f"recover image {image.image_id} --from-host compute-1"
+
+    # The command as printed, with the global options and this compute node's instances_path.
+    words = shlex.split(orphan["recover"])[1:]
+    result = recover(*args(api, nova_urls, *words, "--instances-path", str(instances), "--yes"))
+    assert result.exit_code == 0, result.stdout + result.stderr
+    expect_recreated(api, image)
+    assert_served(api, image.image_id, image.original)
+    after = recover(*args(api, nova_urls, "inventory", "--format", "json", endpoint=False))
+    assert image.image_id not in {i["id"] for i in json.loads(after.stdout)["images"]}
+
+
+# --- kill -9 at each phase (RECOVER_FAULT_POINT, as tests/test_faults.py) ----------------------
+
+
+def run_process(
+    api: GlanceApi, nova_urls: tuple[str, str], root: Path, argv: list[str], point: str | None
+) -> subprocess.CompletedProcess[str]:
+    env = process_env(root)
+    if point is not None:
+        env["RECOVER_FAULT_POINT"] = point
+    return subprocess.run(
+        [RECOVER, *args(api, nova_urls, *argv)], env=env, cwd=root, capture_output=True,
+        text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def journal_statuses(root: Path) -> list[str]:
+    return [json.loads(p.read_text())["status"] for p in sorted((root / "state").rglob("*.json"))]
+
+
+@pytest.mark.parametrize(
+    ("via_api", "point", "state"),
+    [
+        pytest.param(False, "journaled", "old", id="db-journaled"),
+        pytest.param(False, "placed", "old+file", id="db-placed"),
+        pytest.param(False, "in-transaction", "old+file", id="db-in-transaction"),
+        pytest.param(False, "committed", "new", id="db-committed"),
+        pytest.param(True, "journaled", "old", id="api-journaled"),
+        pytest.param(True, "api-created", "queued", id="api-created"),
+        pytest.param(True, "committed", "new", id="api-committed"),
+    ],
+)
+def test_kill_at_each_phase_then_undo_restores_no_row(
+    glance_purge: GlanceApi, nova_python: str, nova_urls: tuple[str, str], tmp_path: Path,
+    via_api: bool, point: str, state: str,
+) -> None:  # fmt: skip
+    """After a kill: the old state ("no row", at most the placed file the journal names), the
+    new one, or (the API path between POST and upload) a queued image; ``recover undo`` of
+    the killed run's journal then leaves exactly "no row" and no file, and a re-run works."""
+    api = glance_purge
+    seed = 40 + ["journaled", "placed", "in-transaction", "committed", "api-created"].index(point)
+    seed += 10 * via_api
+    image = purged_image(api, nova_python, nova_urls, tmp_path, seed, USERS)
+    before, listing = checksum_tables(api), store_listing(api)
+    argv = ["image", image.image_id, "--base-file", str(image.raw), "--yes",
+            *(["--via-api"] if via_api else [])]  # fmt: skip
+    killed = run_process(api, nova_urls, tmp_path, argv, point)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    rows = surviving(api, image.image_id)
+    placed = api.store_dir / image.image_id
+    if state in ("old", "old+file"):
+        assert checksum_tables(api) == before
+        assert placed.exists() is (state == "old+file")
+    elif state == "queued":
+        assert [(r["status"], r["deleted"]) for r in rows["images"]] == [("queued", 0)]
+        assert not placed.exists()
+    else:
+        assert [(r["status"], r["deleted"]) for r in rows["images"]] == [("active", 0)]
+        assert download(api.client(), image.image_id) == image.original
+    assert journal_statuses(tmp_path) == ["applying"]
+    (journal,) = sorted((tmp_path / "state").rglob("*.json"))
+
+    undone = run_process(api, nova_urls, tmp_path, ["undo", str(journal), "--yes"], None)
+    assert undone.returncode == 0, undone.stdout + undone.stderr
+    assert all(r == [] for r in surviving(api, image.image_id).values())
+    assert (checksum_tables(api), store_listing(api)) == (before, listing)
+
+    again = run_process(api, nova_urls, tmp_path, argv, None)
+    assert again.returncode == 0, again.stdout + again.stderr
+    expect_recreated(api, image)
+    assert_served(api, image.image_id, image.original)
