@@ -36,6 +36,8 @@ FLAVOR_FIELDS = (
 #: Legacy (Juno and older) ``instance_system_metadata`` keys naming the flavor.
 SYSMETA_FLAVOR_KEYS = ("instance_type_id", "instance_type_flavorid", "instance_type_name")
 SHELVED_IMAGE_KEY = "shelved_image_id"
+#: nova 34 ``nova/utils.py`` ``SM_IMAGE_PROP_PREFIX``: sysmeta keys copied from the image.
+IMAGE_PREFIX = "image_"
 #: The instances columns an InstanceRef is made of.
 INSTANCE_COLUMNS = (
     "uuid", "host", "node", "vm_state", "project_id",
@@ -478,6 +480,59 @@ class CellReader:
             found.update((r[0], r[1]) for r in rows)
         return dict(sorted(found.items()))
 
+    def image_sysmeta(
+        self, conn: Connection, uuids: Iterable[str]
+    ) -> dict[str, tuple[int, dict[str, str | None]]]:
+        """``uuid -> (instances.root_gb, {image_* key: value})``: the live ``image_*``
+        ``instance_system_metadata`` rows of the live instances among ``uuids``.
+
+        nova 34 ``nova/utils.py`` ``get_system_metadata_from_image`` wrote them at boot;
+        ``root_gb`` tells an exact ``image_min_disk`` (``max(min_disk, root_gb)``) apart.
+        """
+        wanted = sorted(set(uuids))
+        if not wanted or not self.db.has_table("instance_system_metadata"):
+            return {}
+        i, sm = self.instances, self.db.table("instance_system_metadata")
+        found: dict[str, tuple[int, dict[str, str | None]]] = {}
+        for batch in chunks(wanted):
+            rows = conn.execute(
+                select(i.c.uuid, i.c.root_gb, sm.c.key, sm.c.value)
+                .join(sm, sm.c.instance_uuid == i.c.uuid)
+                .where(
+                    i.c.uuid.in_(batch),
+                    i.c.deleted == 0,
+                    sm.c.deleted == 0,
+                    sm.c.key.startswith(IMAGE_PREFIX, autoescape=True),
+                )
+                .order_by(i.c.uuid, sm.c.id)
+            )
+            for uuid, root_gb, key, value in rows:
+                found.setdefault(uuid, (int(root_gb or 0), {}))[1][key] = value
+        return found
+
+    def image_sysmeta_uuids(self, conn: Connection, uuids: Iterable[str]) -> set[str]:
+        """Those of ``uuids`` with at least one live ``image_*`` sysmeta row (the inventory:
+        one statement per batch, whatever the number of images)."""
+        wanted = sorted(set(uuids))
+        if not wanted or not self.db.has_table("instance_system_metadata"):
+            return set()
+        sm = self.db.table("instance_system_metadata")
+        found: set[str] = set()
+        for batch in chunks(wanted):
+            found |= {
+                r[0]
+                for r in conn.execute(
+                    select(sm.c.instance_uuid)
+                    .where(
+                        sm.c.instance_uuid.in_(batch),
+                        sm.c.deleted == 0,
+                        sm.c.key.startswith(IMAGE_PREFIX, autoescape=True),
+                    )
+                    .group_by(sm.c.instance_uuid)
+                )
+            }
+        return found
+
     def sysmeta_flavor_uuids(self, conn: Connection, uuids: Iterable[str]) -> set[str]:
         """Those of ``uuids`` with a legacy ``instance_type_id`` sysmeta row (deleted or not).
 
@@ -689,6 +744,23 @@ class ApiReader:
             for row in conn.execute(select(*columns).where(flavors.c.id.in_(batch))):
                 found[int(row.id)] = LiveFlavor.from_row(row)
         return found
+
+    def request_specs(self, conn: Connection, uuids: Iterable[str]) -> dict[str, str]:
+        """``instance uuid -> request_specs.spec`` (the JSON text) of ``uuids``.
+
+        Empty when nova_api has no ``request_specs`` (pre-Mitaka) or it lacks ``spec``.
+        """
+        wanted = sorted(set(uuids))
+        if not wanted or not self.schema.has_request_specs:
+            return {}
+        specs = self.db.table("request_specs")
+        found: dict[str, str] = {}
+        for batch in chunks(wanted):
+            rows = conn.execute(
+                select(specs.c.instance_uuid, specs.c.spec).where(specs.c.instance_uuid.in_(batch))
+            )
+            found.update((r[0], r[1]) for r in rows if r[1])
+        return dict(sorted(found.items()))
 
     def live_flavor_ids(self, conn: Connection, flavor_ids: Iterable[int]) -> set[int]:
         flavors = self.db.table("flavors")

@@ -787,3 +787,44 @@ def galera_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GaleraC
         yield cluster
     finally:
         cluster.stop()
+
+
+# --- purged Glance metadata and Nova's copies of it (tests/purge.py, tests/nova_layer.py) --------
+
+from tests.nova_layer import nova_venv  # noqa: E402
+
+GLANCE_PURGE_DB = "ga_purge"
+"""The database of ``glance_purge``: its own, so a real purge touches no other test's rows."""
+
+
+@pytest.fixture(scope="session")
+def nova_python() -> str:
+    """Python of a venv with nova 34 + pymysql: ``$RECOVER_NOVA_VENV``, else ``.cache/nova-venv``.
+
+    Created on first use (30-60 s) and kept; skipped locally and failed under
+    ``CI=true`` when pip cannot install it (``tests.helpers.cached_venv``).
+    """
+    return str(nova_venv()[0] / "bin" / "python")
+
+
+@pytest.fixture(scope="session")
+def glance_purge(
+    glance_api_venv: Path,
+    mariadb_server: MariaDBServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[GlanceApi]:
+    """A real Glance API, like ``glance_api``, on a database of its own (``ga_purge``).
+
+    For the tests that run the real ``glance-manage db purge`` / ``purge_images_table``
+    (tests/purge.py): a purge selects on ``deleted_at`` across the whole database.
+    """
+    mariadb_server.query(f"DROP DATABASE IF EXISTS `{GLANCE_PURGE_DB}`")
+    mariadb_server.query(f"CREATE DATABASE `{GLANCE_PURGE_DB}` CHARACTER SET utf8")
+    api = start_glance(
+        tmp_path_factory.mktemp("glance-purge"), glance_api_venv, mariadb_server,
+        GLANCE_PURGE_DB, sync=True,
+    )  # fmt: skip
+    try:
+        yield api
+    finally:
+        api.stop()

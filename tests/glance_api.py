@@ -103,6 +103,8 @@ class GlanceApi:
     process: subprocess.Popen[bytes]
     startup_seconds: float = 0.0
     sync_seconds: float = 0.0
+    #: The venv it runs from (its ``glance-manage`` too: tests/purge.py).
+    venv: Path | None = None
 
     def client(self) -> Client:
         """A python-glanceclient v2 client on ``endpoint``.
@@ -364,7 +366,7 @@ def start_glance(
         api = GlanceApi(
             endpoint=endpoint, port=port, db_url=db_url, db_name=db_name, store_dir=store_dir,
             conf_path=conf, directory=directory, log_path=directory / "log" / "glance-api.log",
-            delayed_delete=delayed_delete, server=server, process=process,
+            delayed_delete=delayed_delete, server=server, process=process, venv=venv,
         )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline and process.poll() is None:

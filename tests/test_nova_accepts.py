@@ -15,8 +15,6 @@ databases are ``make_db``'s empty copies of what nova 34's ``db sync`` creates.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,22 +26,14 @@ from click.testing import CliRunner
 
 from recover.cli import cli
 from recover.config import ENV_VARS
-from tests.helpers import REPO_ROOT, cached_venv
+from tests.nova_layer import nova_databases
+from tests.nova_layer import run_nova as nova
 
 if TYPE_CHECKING:
     from tests.conftest import DatabaseFactory, MariaDBServer
 
 pytestmark = pytest.mark.slow
 
-NOVA_SCRIPT = Path(__file__).resolve().parent / "nova_tier" / "nova_objects.py"
-NOVA_REQUIREMENTS = ("nova==34.*", "pymysql")
-"""What the venv holds: the nova whose ``db sync`` the two schemas below come from."""
-NOVA_API_SCHEMA = "nova_api-cdeec0c85668"
-NOVA_CELL_SCHEMA = "nova-ab450ba04102"
-VENV_ENV = "RECOVER_NOVA_VENV"
-DEFAULT_VENV = REPO_ROOT / ".cache" / "nova-venv"
-
-CELL1_UUID = "8a1b7c3e-2f4d-4e6a-9b5c-1d2e3f4a5b6c"
 P_ALPHA, P_BETA, P_GAMMA = "p-alpha", "p-beta", "p-gamma"
 
 # Created straight through the object layer, extra specs in the flavor's own
@@ -109,48 +99,6 @@ INSTANCES = [
 ]
 SIZES = ("name", "memory_mb", "vcpus", "root_gb", "ephemeral_gb", "swap", "rxtx_factor")
 API_TABLES = ("flavors", "flavor_extra_specs", "flavor_projects")
-
-
-# --- the nova venv --------------------------------------------------------------------------
-
-
-def _nova_works(python: Path) -> bool:
-    if not python.exists():
-        return False
-    probe = subprocess.run(
-        [str(python), "-c", "import nova.config, nova.objects, pymysql"],
-        capture_output=True,
-        check=False,
-    )
-    return probe.returncode == 0
-
-
-@pytest.fixture(scope="module")
-def nova_python() -> str:
-    """Python of a venv with nova 34 + pymysql: ``$RECOVER_NOVA_VENV``, else ``.cache/nova-venv``.
-
-    Created on first use (30-60 s) and kept; skipped locally and failed under
-    ``CI=true`` when pip cannot install it (``tests.helpers.cached_venv``).
-    """
-    venv = Path(os.environ.get(VENV_ENV) or DEFAULT_VENV)
-    return str(cached_venv(venv, NOVA_REQUIREMENTS, _nova_works)[0] / "bin" / "python")
-
-
-def nova(python: str, command: str, api: str, cell: str, *args: str) -> dict[str, Any]:
-    """Run ``nova_objects.py COMMAND`` and return the JSON it printed."""
-    result = subprocess.run(
-        [python, str(NOVA_SCRIPT), command, "--api", api, "--cell", cell, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(
-            f"nova_objects.py {command} failed (exit {result.returncode}):\n{result.stderr[-4000:]}",
-            pytrace=False,
-        )
-    return json.loads(result.stdout)
 
 
 # --- the scenario, run once for the module ----------------------------------------------------
@@ -230,13 +178,7 @@ def story(
     destroy (rows only) and after ``recover flavor FLAVORID --yes`` for each flavor.
     """
     s = Story()
-    api = db_factory(NOVA_API_SCHEMA, s.api_db)
-    cell = db_factory(NOVA_CELL_SCHEMA, s.cell_db)
-    mariadb_server.query(
-        f"INSERT INTO `{s.api_db}`.cell_mappings (created_at, uuid, name, transport_url,"
-        " database_connection, disabled) VALUES (UTC_TIMESTAMP(), %s, 'cell1', 'fake://', %s, 0)",
-        (CELL1_UUID, cell),
-    )
+    api, cell = nova_databases(db_factory, mariadb_server, s.api_db, s.cell_db)
 
     def timed(label: str, call: Any, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()

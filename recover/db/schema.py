@@ -22,7 +22,9 @@ NOVA_CELL_TABLES = (
     "shadow_instance_type_extra_specs",
     "shadow_instance_type_projects",
 )
-NOVA_API_TABLES = ("cell_mappings", "flavors", "flavor_extra_specs", "flavor_projects")
+NOVA_API_TABLES = (
+    "cell_mappings", "flavors", "flavor_extra_specs", "flavor_projects", "request_specs",
+)  # fmt: skip
 GLANCE_TABLES = ("images", "image_locations", "image_properties", "image_tags", "image_members")
 
 
@@ -70,6 +72,8 @@ class NovaApiSchema:
 
     has_flavors: bool
     has_description: bool
+    #: ``request_specs.spec`` (Mitaka+): the boot-time image of each instance.
+    has_request_specs: bool = False
 
     @classmethod
     def detect(cls, db: Database) -> NovaApiSchema:
@@ -79,6 +83,8 @@ class NovaApiSchema:
         return cls(
             has_flavors=has_flavors,
             has_description=has_flavors and "description" in db.table("flavors").c,
+            has_request_specs=db.has_table("request_specs")
+            and {"instance_uuid", "spec"} <= set(db.table("request_specs").c.keys()),
         )
 
 

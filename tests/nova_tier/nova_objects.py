@@ -33,6 +33,21 @@ warnings go to stderr):
     ``nova/compute/api.py`` does), so ``instance_extra.flavor`` is exactly what
     Nova writes. Prints ``{"flavors": {flavorid: id}, "instances": {uuid: id}}``.
 
+    An INSTANCE may carry ``"image"``: the Glance v2 image as ``GET /v2/images/{id}``
+    returned it (the spec then needs ``"image_schema"``: ``GET /v2/schemas/image``). It
+    boots from it as nova-api does (nova 34 ``nova/compute/api.py``): the image dict is
+    nova's own ``nova.image.glance._translate_from_glance`` of it (what ``_get_image``
+    hands on); ``instance.system_metadata`` gets ``utils.get_system_metadata_from_image
+    (image, flavor)``, ``image_base_image_ref`` and ``owner_user_name`` /
+    ``owner_project_name`` (``_populate_instance_for_create``); and
+    ``RequestSpec.from_components(...).create()`` stores the request spec in nova_api
+    (``_provision_instances``). ``"libvirt_defaults": {prop: value}`` then writes
+    ``image_<prop>`` for each of the libvirt driver's ``REGISTER_IMAGE_PROPERTY_DEFAULTS``
+    the sysmeta lacks, and saves, as ``_register_undefined_instance_details`` does after
+    spawn (the values are the test's: no libvirt runs here). ``"sysmeta_set": {key:
+    value}`` is a later ``nova-manage image_property set``-like edit of sysmeta only
+    (instance.system_metadata[...] = v; instance.save()).
+
 ``destroy --api URL --cell URL --flavorid X [--flavorid Y ...]``
     ``Flavor.get_by_flavor_id(ctx, X).destroy()``: DELETE /flavors/{id}, the
     hard delete of flavor, extra specs and projects. Prints the destroyed ids.
@@ -182,7 +197,9 @@ def cmd_create(nova: Any, ctx: Any, args: argparse.Namespace) -> dict[str, Any]:
             project_id=i["project_id"],
             user_id=i.get("user_id", "u-nova-tier"),
             display_name=i.get("display_name", "vm-" + i["uuid"][:8]),
-            image_ref=i.get("image_ref", "a0000000-0000-4000-8000-00000000000a"),
+            image_ref=i["image"]["id"]
+            if "image" in i
+            else i.get("image_ref", "a0000000-0000-4000-8000-00000000000a"),
             instance_type_id=flavor.id,
             memory_mb=flavor.memory_mb,
             vcpus=flavor.vcpus,
@@ -200,9 +217,82 @@ def cmd_create(nova: Any, ctx: Any, args: argparse.Namespace) -> dict[str, Any]:
             system_metadata={},
             metadata={},
         )
+        image = i.get("image")
+        boot_meta = None
+        if image is not None:
+            boot_meta = _boot_meta(image, spec["image_schema"])
+            _populate_image_sysmeta(instance, boot_meta, flavor, i)
         instance.create()
+        if image is not None:
+            _register_defaults(instance, i.get("libvirt_defaults") or {})
+            if i.get("sysmeta_set"):
+                instance.system_metadata.update(i["sysmeta_set"])
+                instance.save()
+            _create_request_spec(ctx, instance, boot_meta, flavor)
         created["instances"][instance.uuid] = instance.id
     return created
+
+
+class _GlanceImage(dict):  # type: ignore[type-arg]
+    """What glanceclient returns for an image: the JSON, and the schema it came with."""
+
+    def __init__(self, data: dict[str, Any], schema: dict[str, Any]) -> None:
+        super().__init__(data)
+        self.schema = schema
+
+
+def _boot_meta(image: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """The image dict nova-api boots with: nova 34 ``nova/image/glance.py``
+    ``GlanceImageServiceV2.show`` -> ``_translate_from_glance`` (every non-base attribute
+    becomes a property; visibility -> is_public; protected, tags, virtual_size dropped)."""
+    from nova.image import glance as nova_glance
+
+    meta: dict[str, Any] = nova_glance._translate_from_glance(_GlanceImage(image, schema))
+    return meta
+
+
+def _populate_image_sysmeta(
+    instance: Any, boot_meta: dict[str, Any], flavor: Any, spec: dict[str, Any]
+) -> None:
+    """nova 34 ``nova/compute/api.py`` ``API._populate_instance_for_create``, image part."""
+    from nova import utils
+
+    instance.system_metadata = utils.instance_sys_meta(instance)
+    system_meta = utils.get_system_metadata_from_image(boot_meta, flavor)
+    system_meta.setdefault("image_base_image_ref", instance.image_ref)
+    system_meta["owner_user_name"] = spec.get("user_name", "u-name")
+    system_meta["owner_project_name"] = spec.get("project_name", "p-name")
+    instance.system_metadata.update(system_meta)
+
+
+def _register_defaults(instance: Any, defaults: dict[str, str]) -> None:
+    """nova 34 ``nova/virt/libvirt/driver.py`` ``_register_undefined_instance_details``:
+    only the properties the sysmeta lacks get a default, then ``instance.save()``."""
+    if not defaults:
+        return
+    from nova.virt.libvirt.driver import REGISTER_IMAGE_PROPERTY_DEFAULTS
+
+    unregistered = [
+        p for p in REGISTER_IMAGE_PROPERTY_DEFAULTS if f"image_{p}" not in instance.system_metadata
+    ]
+    for prop in unregistered:
+        if prop in defaults:
+            instance.system_metadata[f"image_{prop}"] = defaults[prop]
+    instance.save()
+
+
+def _create_request_spec(ctx: Any, instance: Any, boot_meta: Any, flavor: Any) -> None:
+    """nova 34 ``nova/compute/api.py`` ``_provision_instances``:
+    ``RequestSpec.from_components(...)`` (``ImageMeta.from_dict`` of the boot image), then
+    ``create()``, which stores the versioned-object primitive in ``request_specs.spec``."""
+    from nova import objects
+
+    req_spec = objects.RequestSpec.from_components(
+        ctx, instance.uuid, boot_meta, flavor, None, objects.InstancePCIRequests(requests=[]),
+        {}, None, None, project_id=instance.project_id, user_id=instance.user_id,
+    )  # fmt: skip
+    req_spec.is_bfv = False
+    req_spec.create()
 
 
 def cmd_destroy(nova: Any, ctx: Any, args: argparse.Namespace) -> dict[str, Any]:
