@@ -273,7 +273,7 @@ def test_killed_and_purged_images_and_archived_flavor(legacy: Cloud) -> None:
     ]
     assert [(i["id"], i["status"], i["recover"]) for i in data["images"]] == [
         (CIRROS, "killed", f"recover image {CIRROS} --from-host compute-07"),
-        (SNAPSHOT, "missing", None),
+        (SNAPSHOT, "missing", f"recover image {SNAPSHOT} --from-host compute-12"),
     ]
 
 
