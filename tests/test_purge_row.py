@@ -67,14 +67,19 @@ class Purged:
 
 def purged_image(
     api: GlanceApi, nova_python: str, nova_urls: tuple[str, str], tmp_path: Path, seed: int,
-    users: list[tuple[str, str]], *, boot: bool = True,
+    users: list[tuple[str, str]], *, boot: bool = True, disk_format: str = "qcow2",
 ) -> Purged:  # fmt: skip
     """An image created and deleted through the API, booted by ``users`` ((uuid, project))
-    through the nova object layer, then purged whole by the real glance-manage."""
+    through the nova object layer, then purged whole by the real glance-manage. ``raw`` is
+    the _base file Nova made of it (a raw image's _base is the upload itself)."""
     raw = make_raw(tmp_path / f"guest-{seed}.raw", seed)
-    original = to_qcow2(raw, tmp_path / f"guest-{seed}.qcow2").read_bytes()
+    original = (
+        to_qcow2(raw, tmp_path / f"guest-{seed}.qcow2").read_bytes()
+        if disk_format == "qcow2"
+        else raw.read_bytes()
+    )
     client = api.client()
-    image_id = create_image(client, original, "qcow2", name=f"purge-row-{seed}", **PROPS)
+    image_id = create_image(client, original, disk_format, name=f"purge-row-{seed}", **PROPS)
     client.images.update(image_id, owner=OWNER, visibility="shared", min_disk=1, min_ram=128)
     shown = dict(client.images.get(image_id))
     if boot:
@@ -257,6 +262,39 @@ def test_undo_of_a_recreated_row_restores_no_row(
     assert json.loads(undone.stdout)["removed_files"] == [str(api.store_dir / image.image_id)]
     assert all(rows == [] for rows in surviving(api, image.image_id).values())
     assert (checksum_tables(api), store_listing(api)) == (before, listing)
+
+
+def test_new_bytes_for_a_raw_image_need_accept_new_bytes(
+    glance_purge: GlanceApi, nova_python: str, nova_urls: tuple[str, str], tmp_path: Path
+) -> None:
+    """The request spec's size and checksum stand in for the purged row's: a raw image's
+    _base must be its upload byte for byte, as for a deleted row (recover/images/rules.py);
+    --accept-new-bytes re-creates it with the new bytes' own checksum, said loudly."""
+    api = glance_purge
+    image = purged_image(api, nova_python, nova_urls, tmp_path, 38, USERS, disk_format="raw")
+    other = make_raw(tmp_path / "other.raw", 99)  # same size, other data
+    before, listing = checksum_tables(api), store_listing(api)
+    refused = recover(*args(api, nova_urls, "image", image.image_id, "--base-file", str(other),
+                            "--yes"))  # fmt: skip
+    assert refused.exit_code == 1
+    assert refused.stderr.startswith(
+        f"Error: the bytes from {other} on local are not image {image.image_id}'s raw upload "
+        f"(md5 {hashlib.md5(other.read_bytes()).hexdigest()} where the row says "
+        f"{image.shown['checksum']})"
+    ), refused.stderr
+    assert (checksum_tables(api), store_listing(api)) == (before, listing)
+
+    result = recover(*args(api, nova_urls, "image", image.image_id, "--base-file", str(other),
+                           "--accept-new-bytes", "--yes", "--format", "json"))  # fmt: skip
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    new = hashlib.md5(other.read_bytes()).hexdigest()
+    assert report["bytes"]["identical"] is False
+    assert report["bytes"]["original"]["checksum"] == image.shown["checksum"]
+    assert report["bytes"]["new"]["checksum"] == new
+    (row,) = surviving(api, image.image_id)["images"]
+    assert (row["checksum"], row["size"], row["disk_format"]) == (new, len(image.original), "raw")
+    assert_served(api, image.image_id, other.read_bytes())
 
 
 # --- refusals and dry-runs change nothing ---------------------------------------------------
