@@ -486,6 +486,12 @@ def flavor(
     "Without it such a source is refused; with it the report says loudly that the bytes are NEW.",
 )
 @click.option(
+    "--from-instance",
+    metavar="UUID",
+    help="Properties purged from Glance are rebuilt from the live instances' copies; when "
+    "those disagree, take this instance's.",
+)
+@click.option(
     "--verify/--no-verify",
     default=None,
     help="Download the image through the Glance API afterwards, as Nova does, and fail "
@@ -504,6 +510,7 @@ def image(
     disk_format: str | None,
     via_api: bool,
     accept_new_bytes: bool,
+    from_instance: str | None,
     verify: bool | None,
     dry_run: bool,
     yes: bool,
@@ -530,6 +537,11 @@ def image(
     missing -> re-created and protected; gone -> rebuilt from the source with
     rbd import. The bytes of <pool>/<id>@snap are read back before COMMIT.
 
+    Properties a glance-manage db purge removed are rebuilt from Nova's copies
+    (the live instances' image_* system metadata and request specs; give the Nova
+    databases): Nova's own keys are left out, every property's source is in the
+    report, and instances that disagree are refused unless --from-instance UUID.
+
     \b
     Examples:
       recover --config /etc/recover.ini image b3986e99-1988-43bb-b47c-0b34438bc189 \\
@@ -543,7 +555,8 @@ def image(
         raise click.UsageError("--base-file and --from-host are two sources: pick one")
     request = ImageRequest(image_uuid, base_file=base_file, from_host=from_host,
                            instances_path=instances_path, disk_format=disk_format,
-                           via_api=via_api, accept_new_bytes=accept_new_bytes)  # fmt: skip
+                           via_api=via_api, accept_new_bytes=accept_new_bytes,
+                           from_instance=from_instance)  # fmt: skip
     outcome = recover_image(app.settings, request, dry_run=dry_run, yes=yes,
                             command=_command_line(), confirm=_confirm_on_terminal(),
                             verify=verify)  # fmt: skip

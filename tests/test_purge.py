@@ -20,11 +20,14 @@ import io
 import json
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from click.testing import CliRunner, Result
 
-from recover.config import Settings, Value
+from recover.cli import cli
+from recover.config import ENV_VARS, Settings, Value
 from recover.errors import RefusedError
 from recover.images.nova_copies import (
     TRUNCATED_NOTE,
@@ -33,6 +36,7 @@ from recover.images.nova_copies import (
 )
 from tests.nova_layer import nova_databases, run_nova
 from tests.purge import CHILD_TABLES, purge, purge_images_table, surviving
+from tests.test_glance_api import download
 
 if TYPE_CHECKING:
     from glanceclient.v2.client import Client
@@ -120,13 +124,24 @@ def _image(client: Client, name: str, props: dict[str, str], seed: int) -> Boote
     return Booted(image_id, data, props, shown)
 
 
-#: name -> (properties, instances as (project, extra sysmeta edit or None))
-SCENARIOS: dict[str, tuple[dict[str, str], list[tuple[str, dict[str, str] | None]]]] = {
-    "full": (FULL_PROPS, [(P_ALPHA, None), (P_BETA, None)]),
-    "conflict": (SMALL_PROPS, [(P_ALPHA, None), (P_BETA, {"image_hw_disk_bus": "ide"})]),
-    "row": (SMALL_PROPS, [(P_ALPHA, None), (P_BETA, None)]),
-    "max_rows": (SMALL_PROPS, [(P_ALPHA, None)]),
-    **{f"only_{t}": (SMALL_PROPS, [(P_ALPHA, None)]) for t in CHILD_TABLES},
+Users = list[tuple[str, "dict[str, str] | None"]]
+TWO: Users = [(P_ALPHA, None), (P_BETA, None)]
+ONE: Users = [(P_ALPHA, None)]
+DISAGREE: Users = [(P_ALPHA, None), (P_BETA, {"image_hw_disk_bus": "ide"})]
+#: name -> (properties, instances as (project, later sysmeta edit), how it is purged):
+#: "all" (db purge), "row" (db purge + purge_images_table), "max_rows" (--max_rows 2 on
+#: image_properties alone), or one child table alone. rec_* are recovered by the tests.
+SCENARIOS: dict[str, tuple[dict[str, str], Users, str]] = {
+    "full": (FULL_PROPS, TWO, "all"),
+    "conflict": (SMALL_PROPS, DISAGREE, "all"),
+    "row": (SMALL_PROPS, TWO, "row"),
+    "max_rows": (SMALL_PROPS, ONE, "max_rows"),
+    **{f"only_{t}": (SMALL_PROPS, ONE, t) for t in CHILD_TABLES},
+    "rec_full": (FULL_PROPS, TWO, "all"),
+    "rec_conflict": (SMALL_PROPS, DISAGREE, "all"),
+    "rec_max_rows": (SMALL_PROPS, ONE, "max_rows"),
+    "rec_control": (SMALL_PROPS, ONE, "all"),
+    **{f"rec_only_{t}": (SMALL_PROPS, ONE, t) for t in CHILD_TABLES},
 }
 
 
@@ -142,7 +157,7 @@ def world(
     schema = client.schemas.get("image").raw()
     images: dict[str, Booted] = {}
     instances: list[dict[str, Any]] = []
-    for n, (name, (props, users)) in enumerate(SCENARIOS.items(), start=1):
+    for n, (name, (props, users, _purge)) in enumerate(SCENARIOS.items(), start=1):
         booted = images[name] = _image(client, f"pp-{name}", props, n)
         for m, (project, edit) in enumerate(users, start=1):
             vm = {
@@ -157,12 +172,15 @@ def world(
     run_nova(nova_python, "create", api_url, cell_url, "--spec", json.dumps(spec))
     for booted in images.values():
         client.images.delete(booted.id)
-    ids = lambda *names: [images[n].id for n in names]  # noqa: E731
-    purge(glance_purge, images=ids("full", "conflict", "row"))
-    purge_images_table(glance_purge, images=ids("row"))
-    purge(glance_purge, tables=["image_properties"], images=ids("max_rows"), max_rows=2)
+    kinds: dict[str, list[str]] = {}
+    for name, (_props, _users, kind) in SCENARIOS.items():
+        kinds.setdefault(kind, []).append(images[name].id)
+    purge(glance_purge, images=kinds["all"] + kinds["row"])
+    purge_images_table(glance_purge, images=kinds["row"])
+    for image_id in kinds["max_rows"]:  # max_rows counts rows per table, not per image
+        purge(glance_purge, tables=["image_properties"], images=[image_id], max_rows=2)
     for table in CHILD_TABLES:
-        purge(glance_purge, tables=[table], images=ids(f"only_{table}"))
+        purge(glance_purge, tables=[table], images=kinds[table])
     return World(glance_purge, api_url, cell_url, images)
 
 
@@ -228,7 +246,11 @@ def test_nova_copies_rebuild_the_properties_nova_booted_with(world: World) -> No
     both = "instance_system_metadata of 2 instances"
     assert {k: (v.source, v.guessed, v.note) for k, v in copies.properties.items()} == {
         **{k: (both, False, None) for k in FULL_PROPS},
-        "os_command_line": ("request_spec (the sysmeta copy is cut at 255 bytes)", False, None),
+        "os_command_line": (
+            f"request_spec of {vms[0]} (the sysmeta copy is cut at 255 bytes)",
+            False,
+            None,
+        ),
         "build_note": (both, True, TRUNCATED_NOTE),
     }
     # Nova's own keys are not the image's: its libvirt defaults for the properties the image
@@ -282,3 +304,238 @@ def test_disagreeing_instances_are_conflicts_and_from_instance_picks(world: Worl
     }  # fmt: skip
     with pytest.raises(RefusedError, match="is not a live instance booted from image"):
         world.copies("conflict", from_instance=world.images["full"].instances[0]["uuid"])
+
+
+# --- recover image: the properties rebuilt, the rows safe from the next purge -------------------
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only the flags count: no RECOVER_* from the developer's shell; journals in tmp.
+    for var in ENV_VARS.values():
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("RECOVER_STATE_DIR", str(tmp_path / "state"))
+
+
+def recover(world: World, name: str, *args: str, api: bool = True) -> Result:
+    glance = world.glance
+    base = ["--nova-api-db", world.api_url, "--glance-db", glance.db_url,
+            "--store-dir", str(glance.store_dir)]  # fmt: skip
+    if api:
+        base += ["--glance-endpoint", glance.endpoint]
+    return CliRunner().invoke(cli, [*base, "image", world.images[name].id, *args])
+
+
+def base_file(tmp_path: Path, booted: Booted) -> str:
+    """The compute node's ``_base`` copy: a raw image's _base is its upload, byte for byte."""
+    path = tmp_path / "base"
+    path.write_bytes(booted.data)
+    return str(path)
+
+
+def applied(result: Result) -> dict[str, Any]:
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    report: dict[str, Any] = json.loads(result.stdout)
+    assert report["status"] == "applied"
+    return report
+
+
+def nova_source(booted: Booted) -> str:
+    if len(booted.instances) == 1:
+        return f"instance_system_metadata of {booted.instances[0]['uuid']}"
+    return f"instance_system_metadata of {len(booted.instances)} instances"
+
+
+def sourced(value: str, source: str, guessed: bool = False, note: str | None = None) -> Any:
+    return {"value": value, "source": source, "guessed": guessed, "note": note}
+
+
+def live_rows(world: World, image_id: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Each table's rows of the image as (deleted, deleted_at, what the row holds)."""
+    found = surviving(world.glance, image_id)
+    telling = {"images": "status", "image_properties": "name", "image_tags": "value",
+               "image_locations": "value", "image_members": "member"}  # fmt: skip
+    return {
+        t: sorted((r["deleted"], r["deleted_at"], r[telling[t]]) for r in rows)
+        for t, rows in found.items()
+    }
+
+
+def test_full_purge_recovered_with_the_properties_nova_booted_with(
+    world: World, tmp_path: Path
+) -> None:
+    booted = world.images["rec_full"]
+    vms = [vm["uuid"] for vm in booted.instances]
+    result = recover(
+        world, "rec_full", "--base-file", base_file(tmp_path, booted), "--yes", "--format", "json"
+    )
+    report = applied(result)
+    both = nova_source(booted)
+    cut = LONG_NOTE.encode()[:255].decode()
+    assert report["properties"] == {
+        **{k: sourced(v, both) for k, v in FULL_PROPS.items()},
+        "os_command_line": sourced(
+            LONG_CMDLINE, f"request_spec of {vms[0]} (the sysmeta copy is cut at 255 bytes)"
+        ),
+        "build_note": sourced(cut, both, True, TRUNCATED_NOTE),
+    }
+    assert sorted(report["dropped_properties"]) == [
+        "base_image_ref", "container_format", "disk_format", "hw_cdrom_bus", "hw_input_bus",
+        "hw_machine_type", "hw_pointer_model", "hw_video_model", "min_disk", "min_ram",
+    ]  # fmt: skip
+    assert report["bytes"]["identical"] is True
+    assert all(check["ok"] for check in report["verify"]), report["verify"]
+    notes = report["notes"]
+    assert "7 purged properties rebuilt from Nova's copies (glance-manage db purge removed the " \
+        "rows):" in notes  # fmt: skip
+    assert f"property build_note = {cut} from {both} (GUESSED: {TRUNCATED_NOTE})" in notes
+    for what in ("tags", "members"):
+        assert (
+            f"{what}: no row left in Glance (purged, or there were none) and Nova keeps no copy "
+            f"of {what}: none restored"
+        ) in notes
+    # The journal records every property's source.
+    journal = json.loads(Path(report["journal"]).read_text())
+    assert journal["subject"]["properties"] == report["properties"]
+    # The real Glance API serves it with the properties Nova booted it with, no more.
+    client = world.glance.client()
+    show = dict(client.images.get(booted.id))
+    assert {k: show.get(k) for k in FULL_PROPS} == {**FULL_PROPS, "build_note": cut}
+    assert not {"hw_machine_type", "hw_video_model", "base_image_ref"} & show.keys()
+    assert (show["status"], show["checksum"], show["tags"]) == ("active", booted.md5, [])
+    assert download(client, booted.id) == booted.data  # glanceclient's verified download
+    # Every row it revived or wrote is live with deleted_at NULL ...
+    rows = live_rows(world, booted.id)
+    assert rows["images"] == [(0, None, "active")]
+    assert rows["image_properties"] == sorted((0, None, k) for k in FULL_PROPS)
+    assert [r[:2] for r in rows["image_locations"]] == [(0, None)]
+    # ... so the cron's next purge, both commands, deletes none of them.
+    purge(world.glance, images=[booted.id])
+    purge_images_table(world.glance, images=[booted.id])
+    assert live_rows(world, booted.id) == rows
+    assert download(client, booted.id) == booted.data
+
+
+def test_a_row_revived_with_its_deleted_at_is_purged(world: World, tmp_path: Path) -> None:
+    """The control: what the purge would do to a revived row that kept its deleted_at (as
+    glance's own _image_property_update and image_restore leave them)."""
+    booted = world.images["rec_control"]
+    applied(recover(world, "rec_control", "--base-file", base_file(tmp_path, booted), "--yes",
+                    "--format", "json"))  # fmt: skip
+    world.glance.query(
+        "UPDATE image_properties SET deleted_at = UTC_TIMESTAMP() - INTERVAL 40 DAY "
+        "WHERE image_id = %s AND name = 'os_distro'",
+        (booted.id,),
+    )
+    purge(world.glance, images=[booted.id])
+    names = [r[2] for r in live_rows(world, booted.id)["image_properties"]]
+    assert names == ["hw_disk_bus", "hw_scsi_model"]  # os_distro: gone, though live
+
+
+def test_disagreeing_instances_refused_then_from_instance(
+    world: World, tmp_path: Path, mariadb_server: MariaDBServer
+) -> None:
+    booted = world.images["rec_conflict"]
+    first, second = (vm["uuid"] for vm in booted.instances)
+    before = mariadb_server.checksum(world.glance.db_name)
+    files = sorted(world.glance.store_dir.iterdir())
+    base = base_file(tmp_path, booted)
+    for extra in ((), ("--dry-run",)):
+        result = recover(world, "rec_conflict", "--base-file", base, "--yes", *extra)
+        assert result.exit_code == 1, (result.stdout, result.stderr)
+        assert result.stdout == ""
+        assert result.stderr == (
+            f"Error: the instances of image {booted.id} disagree about property 'hw_disk_bus': "
+            f"'scsi' on {first}; 'ide' on {second}; pick the instance whose copy to trust: "
+            f"--from-instance {first}\n"
+        )
+    assert mariadb_server.checksum(world.glance.db_name) == before
+    assert sorted(world.glance.store_dir.iterdir()) == files
+    assert not (tmp_path / "state").exists() or not any((tmp_path / "state").rglob("*.json"))
+    # An instance that is not one of the image's: refused the same way.
+    other = world.images["rec_full"].instances[0]["uuid"]
+    result = recover(world, "rec_conflict", "--base-file", base, "--from-instance", other)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: --from-instance '{other}' is not a live instance")
+    assert mariadb_server.checksum(world.glance.db_name) == before
+
+    report = applied(recover(world, "rec_conflict", "--base-file", base, "--from-instance",
+                             second.upper(), "--yes", "--format", "json"))  # fmt: skip
+    picked = f"instance_system_metadata of {second}"
+    assert report["properties"] == {
+        "hw_disk_bus": sourced("ide", picked),
+        "hw_scsi_model": sourced("virtio-scsi", picked),
+        "os_distro": sourced("debian", picked),
+    }
+    show = dict(world.glance.client().images.get(booted.id))
+    assert (show["hw_disk_bus"], show["os_distro"]) == ("ide", "debian")
+
+
+def test_dry_run_shows_the_sql_and_changes_nothing(
+    world: World, tmp_path: Path, mariadb_server: MariaDBServer
+) -> None:
+    booted = world.images["rec_max_rows"]
+    (kept,) = surviving(world.glance, booted.id)["image_properties"]
+    before = mariadb_server.checksum(world.glance.db_name)
+    files = sorted(world.glance.store_dir.iterdir())
+    base = base_file(tmp_path, booted)
+    result = recover(world, "rec_max_rows", "--base-file", base, "--dry-run")
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    sql = result.stdout
+    one = nova_source(booted)
+    rebuilt = sorted(set(SMALL_PROPS) - {kept["name"]})
+    for name in rebuilt:
+        assert f"-- property {name} = {SMALL_PROPS[name]} from {one}\n" in sql
+        assert f"'{booted.id}', '{name}', '{SMALL_PROPS[name]}'" in sql
+    assert sql.count("INSERT INTO image_properties") == 2
+    assert "-- 2 purged properties rebuilt from Nova's copies" in sql
+    assert mariadb_server.checksum(world.glance.db_name) == before
+    assert sorted(world.glance.store_dir.iterdir()) == files
+    # Applied: the surviving row revived (Glance's own), the two purged ones from Nova.
+    report = applied(recover(world, "rec_max_rows", "--base-file", base, "--yes",
+                             "--format", "json"))  # fmt: skip
+    assert report["properties"] == {
+        kept["name"]: sourced(
+            kept["value"], f"glance image_properties row {kept['id']} (deleted with it)"
+        ),
+        **{name: sourced(SMALL_PROPS[name], one) for name in rebuilt},
+    }
+    show = dict(world.glance.client().images.get(booted.id))
+    assert {k: show.get(k) for k in SMALL_PROPS} == SMALL_PROPS
+    assert (show["tags"], show["visibility"]) == (["pp-tag"], "shared")
+
+
+@pytest.mark.parametrize("table", CHILD_TABLES)
+def test_one_table_purged_recovered(world: World, tmp_path: Path, table: str) -> None:
+    name = f"rec_only_{table}"
+    booted = world.images[name]
+    props = {r["name"]: r for r in surviving(world.glance, booted.id)["image_properties"]}
+    report = applied(recover(world, name, "--base-file", base_file(tmp_path, booted), "--yes",
+                             "--format", "json"))  # fmt: skip
+    if table == "image_properties":
+        expected = {k: sourced(v, nova_source(booted)) for k, v in SMALL_PROPS.items()}
+    else:
+        expected = {
+            k: sourced(v, f"glance image_properties row {props[k]['id']} (deleted with it)")
+            for k, v in SMALL_PROPS.items()
+        }
+    assert report["properties"] == expected
+    said = {
+        what
+        for what in ("tags", "members")
+        if f"{what}: no row left in Glance (purged, or there were none) and Nova keeps no copy "
+        f"of {what}: none restored" in report["notes"]
+    }
+    assert said == {"image_tags": {"tags"}, "image_members": {"members"}}.get(table, set())
+    client = world.glance.client()
+    show = dict(client.images.get(booted.id))
+    assert {k: show.get(k) for k in SMALL_PROPS} == SMALL_PROPS
+    assert show["tags"] == ([] if table == "image_tags" else ["pp-tag"])
+    members = [m["member_id"] for m in client.image_members.list(booted.id)]
+    assert members == ([] if table == "image_members" else [P_BETA])
+    assert download(client, booted.id) == booted.data
+    rows = live_rows(world, booted.id)
+    assert all(r[:2] == (0, None) for t in rows.values() for r in t), rows
+    purge(world.glance, images=[booted.id])
+    purge_images_table(world.glance, images=[booted.id])
+    assert live_rows(world, booted.id) == rows

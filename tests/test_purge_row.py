@@ -184,7 +184,12 @@ def test_purged_row_recreated_from_the_base_file_and_served(
     # Nova's boot image has no virtual_size (nova/image/glance.py _extract_attributes_v2
     # omits it): the re-created row takes the new bytes' own.
     assert made["members"] == [OTHER]
-    assert sorted(made["properties"]) == sorted(PROPS)
+    # Each property with its source: the instances' system metadata (nova_copies.py).
+    assert {k: v["value"] for k, v in report["properties"].items()} == PROPS
+    assert {v["source"] for v in report["properties"].values()} == {
+        "instance_system_metadata of 2 instances"
+    }
+    assert report["dropped_properties"]["base_image_ref"].startswith("Nova's own")
     assert report["bytes"]["identical"] is True
     assert all(c["ok"] for c in report["verify"]), report["verify"]
 

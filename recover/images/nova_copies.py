@@ -186,16 +186,19 @@ def _source(uuids: Sequence[str]) -> str:
 
 
 def _property(
-    name: str, value: str, uuids: Sequence[str], spec_props: Mapping[str, Any] | None
+    name: str,
+    value: str,
+    uuids: Sequence[str],
+    spec_props: Mapping[str, tuple[Any, str]] | None,
 ) -> Sourced:
     guessed, note = False, None
     if name in NOVA_DEFAULTS and spec_props is None:
         guessed = True
         note = "no request spec: may be Nova's libvirt default rather than a Glance property"
     if len(value.encode("utf-8")) == SYSMETA_VALUE_BYTES:
-        full = (spec_props or {}).get(name)
+        full, holder = (spec_props or {}).get(name, (None, ""))
         if isinstance(full, str) and len(full) > len(value) and full.startswith(value):
-            return Sourced(full, "request_spec (the sysmeta copy is cut at 255 bytes)")
+            return Sourced(full, f"request_spec of {holder} (the sysmeta copy is cut at 255 bytes)")
         return Sourced(value, _source(uuids), True, TRUNCATED_NOTE)
     return Sourced(value, _source(uuids), guessed, note)
 
@@ -219,11 +222,13 @@ def build_copies(
         u.uuid for u in users if u.image_id == image_id and sysmeta.get(u.uuid, (0, {}))[1]
     )
     spec_of = {u: s for u in sorted(specs) if (s := spec_image(specs[u], image_id)) is not None}
-    spec_props: dict[str, Any] | None = None
+    #: property -> (value, uuid of the first request spec holding it)
+    spec_props: dict[str, tuple[Any, str]] | None = None
     if spec_of:
         spec_props = {}
-        for spec in spec_of.values():
-            spec_props.update(spec.properties)
+        for uuid, spec in spec_of.items():
+            for name, value in spec.properties.items():
+                spec_props.setdefault(name, (value, uuid))
     if from_instance is not None:
         wanted = from_instance.strip().lower()
         if wanted not in booted:

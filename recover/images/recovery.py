@@ -28,9 +28,17 @@ from recover.glance import GlanceReader
 from recover.images import api
 from recover.images.ceph import parse_location
 from recover.images.digest import DEFAULT_ALGO, Digests, Progress
-from recover.images.nova_copies import read_copies
+from recover.images.nova_copies import NovaCopies, Sourced, read_copies
 from recover.images.recreate import Recreated, finish_plan, recreated
-from recover.images.rows import NewData, PendingData, image_plan, meta_store, restored_status
+from recover.images.rows import (
+    PROPERTY_WINDOW,
+    NewData,
+    PendingData,
+    image_plan,
+    meta_store,
+    restored_status,
+    within,
+)
 from recover.images.rules import ImageRules
 from recover.images.sources import ImageSource
 from recover.images.sources.base_file import base_file_source
@@ -42,6 +50,7 @@ from recover.images.stores.glance_api import GlanceApiCreateStore, GlanceApiStor
 from recover.images.stores.rbd import RbdStore
 from recover.images.stores.rbd import client as rbd_client
 from recover.plan import Plan
+from recover.text import printable
 from recover.write import Confirm, Outcome, committed_failure
 
 __all__ = ["WRITABLE", "ImageRecovery", "ImageRequest", "recover_image", "validate_uuid"]
@@ -63,7 +72,7 @@ class ImageRequest:
     #: Store bytes that are not the original upload's (a refusal of the size rules becomes
     #: a loud warning in the report).
     accept_new_bytes: bool = False
-    #: The instance whose copy of the image metadata to trust when the instances disagree.
+    #: The instance whose copy of the purged properties to trust when instances disagree.
     from_instance: str | None = None
 
 
@@ -74,6 +83,11 @@ def validate_uuid(text: str) -> str:
             f"{text[:60]!r} is not an image UUID", hint="e.g. b3986e99-1988-43bb-b47c-0b34438bc189"
         )
     return value
+
+
+def _deleted_with(deleted_at: datetime | None, anchor: datetime | None) -> bool:
+    """Deleted with the image (image_plan revives it), not removed from it before."""
+    return within(deleted_at, anchor, PROPERTY_WINDOW)
 
 
 def _progress(label: str, total: int | None) -> Progress | None:
@@ -118,6 +132,13 @@ class ImageRecovery:
             self.store = rbd
         #: Hashes of the bytes this run produced (for the API verification afterwards).
         self.new_digests: Digests | None = None
+        #: Nova's copies (None: no Nova database given) and the purged properties they give.
+        self.copies: NovaCopies | None = None
+        self.rebuilt: dict[str, Sourced] = {}
+        #: What the report says of the metadata Glance lost (not restored, no copy).
+        self.metadata_notes: list[str] = []
+        self.dropped: dict[str, str] = {}
+        self._read_nova_copies()
 
     @property
     def overridden(self) -> list[str]:
@@ -204,6 +225,79 @@ class ImageRecovery:
         return RbdStore(rbd_client(settings), settings.rbd_pool.value, self.image_id, self.rules,
                         self.algo, settings.rbd_store_id, None)  # fmt: skip
 
+    # --- the metadata a purge removed ------------------------------------------------------
+
+    def _read_nova_copies(self) -> None:
+        """Properties whose rows a ``glance-manage db purge`` removed, from Nova's copies.
+
+        Only names Glance has no row of at all are filled: a row that is still there
+        (revived with the image, live, or deleted before the image, i.e. removed from it)
+        is Glance's word. Instances that disagree about a name to fill are refused unless
+        ``--from-instance`` (glance-purge.md "What a recover tool should do" (a)3).
+        """
+        settings, request = self.settings, self.request
+        if settings.nova_api_db is None and not settings.cell_urls():
+            if request.from_instance is not None:
+                raise ConfigError(
+                    "--from-instance reads Nova's copies of the image, and no Nova database "
+                    "is given",
+                    hint="pass --nova-api-db URL (or --nova-db URL, or --nova-conf)",
+                )
+            return
+        copies = self.copies = (
+            self.recreated.copies
+            if self.recreated is not None
+            else read_copies(settings, self.image_id, from_instance=request.from_instance)
+        )
+        rows = self._child_rows()
+        names = {r["name"]: r for r in rows["image_properties"]}
+        anchor = self.row["deleted_at"]
+        for name, copy in copies.properties.items():
+            row = names.get(name)
+            if row is None:
+                self.rebuilt[name] = copy
+            elif row["deleted"] and not _deleted_with(row["deleted_at"], anchor):
+                self.metadata_notes.append(
+                    f"property {name}: Nova's copy {printable(str(copy.value))} not restored: "
+                    f"Glance's row {row['id']} was deleted at {row['deleted_at']}, before the "
+                    "image (removed from it)"
+                )
+        conflicts = {k: v for k, v in copies.conflicts.items() if k not in names}
+        if conflicts:
+            scoped = NovaCopies(**{**copies.__dict__, "conflicts": conflicts})
+            error = scoped.conflict_error()
+            assert error is not None
+            raise error
+        self.dropped = {k: v for k, v in copies.dropped.items() if k not in names}
+        for table, what in (("image_tags", "tags"), ("image_members", "members")):
+            if table == "image_members" and self.recreated and self.recreated.members:
+                continue  # the projects that run it become its members (recreate.py)
+            if not rows[table]:
+                self.metadata_notes.append(
+                    f"{what}: no row left in Glance (purged, or there were none) and Nova keeps "
+                    f"no copy of {what}: none restored"
+                )
+
+    def _child_rows(self) -> dict[str, list[dict[str, Any]]]:
+        found: dict[str, list[dict[str, Any]]] = {}
+        with self.glance.db.engine.connect() as conn:
+            for table_name in ("image_properties", "image_tags", "image_members"):
+                if not self.glance.db.has_table(table_name):
+                    found[table_name] = []
+                    continue
+                t = self.glance.db.table(table_name)
+                query = select(t).where(t.c.image_id == self.image_id)
+                found[table_name] = [dict(r) for r in conn.execute(query).mappings()]
+        return found
+
+    def metadata_report(self, plan: Plan) -> dict[str, Any]:
+        """The report's ``properties`` (each with its source), what was left out and why."""
+        return {
+            "properties": plan.subject.get("properties", {}),
+            "dropped_properties": dict(sorted(self.dropped.items())),
+            "nova_copies": None if self.copies is None else self.copies.as_dict(),
+        }
+
     # --- the source ------------------------------------------------------------------------
 
     def _source(self) -> ImageSource:
@@ -237,9 +331,11 @@ class ImageRecovery:
             action=action,
             queued_for_upload=queued,
             store_dirs=location.dirs,
+            rebuilt=self.rebuilt,
         )
         if self.recreated is not None:
             plan = finish_plan(plan, self.glance, self.recreated, plan_now)
+        plan.notes += self.metadata_notes
         row = self.row
         if isinstance(new_data, PendingData) and self.rules.identical_upload(new_data.disk_format):
             plan.notes.append(
@@ -281,6 +377,7 @@ class ImageRecovery:
             plan.notes += survivor.notes
             outcome = store.commit(plan, go)
             self.new_digests = store.digests
+            outcome.extra.update(self.metadata_report(plan))
             return outcome
         source = self._source()
         action = store.action(source, self.target_format)
@@ -288,7 +385,9 @@ class ImageRecovery:
             if not store.queued:
                 action += "; hashes and sizes are computed from the new file"
             plan = self.plan(PendingData(self.target_format, self.algo), action)
-            return store.commit(plan, go)
+            outcome = store.commit(plan, go)
+            outcome.extra.update(self.metadata_report(plan))
+            return outcome
         with store.staging() as staged:
             progress = _progress(f"image {self.image_id}", None)
             new_data = source.produce(staged, self.target_format, self.algo, progress)
@@ -297,6 +396,7 @@ class ImageRecovery:
             plan = self.plan(new_data, action)
             outcome = store.commit(plan, go, staged, new_data)
             outcome.extra["bytes"] = self.rules.bytes_report(new_data)
+            outcome.extra.update(self.metadata_report(plan))
             return outcome
 
 

@@ -24,7 +24,7 @@ gone (glance ``ImageRepo.add``: a primary-key collision only).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -60,8 +60,6 @@ class Recreated:
     fields: dict[str, Sourced]
     #: Projects other than the owner that run it: accepted members of a ``shared`` image.
     members: list[str]
-    #: Properties for the new row (name -> string value).
-    properties: dict[str, str] = field(default_factory=dict)
 
     @property
     def visibility(self) -> str:
@@ -90,10 +88,6 @@ class Recreated:
             },
             "guessed": [n for n, s in self.fields.items() if s.guessed],
             "members": list(self.members),
-            "properties": {
-                name: {"value": value, "source": self.copies.properties[name].source}
-                for name, value in self.properties.items()
-            },
             "not_kept": list(NOT_KEPT),
         }
 
@@ -114,13 +108,6 @@ def _utc(text: str) -> datetime | None:
     if moment.tzinfo is not None:
         moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
     return moment.replace(microsecond=0)
-
-
-def property_text(value: Any) -> str:
-    """A property value as Glance stores it: text (the v2 schema allows strings only)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return value if isinstance(value, str) else str(value)
 
 
 def recreated(
@@ -196,8 +183,7 @@ def recreated(
     if "name" not in fields:
         fields["name"] = Sourced(None, "none", True, "no copy kept its name")
     row = _row_shape(glance, image_id, fields)
-    properties = {name: property_text(s.value) for name, s in sorted(copies.properties.items())}
-    return Recreated(image_id, copies, row, fields, members, properties)
+    return Recreated(image_id, copies, row, fields, members)
 
 
 def _row_shape(glance: GlanceReader, image_id: str, fields: dict[str, Sourced]) -> Row:
@@ -220,20 +206,19 @@ def _row_shape(glance: GlanceReader, image_id: str, fields: dict[str, Sourced]) 
 
 
 def finish_plan(plan: Plan, glance: GlanceReader, made: Recreated, now: datetime) -> Plan:
-    """Turn :func:`recover.images.rows.image_plan`'s update of the (absent) row into inserts:
-    the images row, then its properties and members (undo deletes them in reverse order)."""
+    """Turn :func:`recover.images.rows.image_plan`'s update of the (absent) row into an
+    insert, before the inserts of its location and properties (the properties rebuilt from
+    Nova's copies, ``image_plan``'s ``rebuilt``), and add the members: undo deletes them in
+    the reverse order."""
     first = plan.changes[0]
     assert first.table == "images" and first.after is not None
     after = {**first.after, "deleted": 0, "deleted_at": None, "updated_at": now}
     changes = [RowChange("images", {"id": made.image_id}, before=None, after=after)]
-    changes += [c for c in plan.changes[1:] if c.before is None]  # the new location row
+    # No row of the image is left to revive: what follows are inserts (location, properties).
+    assert all(c.before is None for c in plan.changes[1:]), plan.changes
+    changes += plan.changes[1:]
     db = glance.db
     with db.engine.connect() as conn:
-        if made.properties and db.has_table("image_properties"):
-            changes += _inserts(conn, glance, "image_properties", [
-                {"image_id": made.image_id, "name": name, "value": value}
-                for name, value in made.properties.items()
-            ], now)  # fmt: skip
         if made.members and db.has_table("image_members"):
             members = [{"image_id": made.image_id, "member": project, "can_share": 0}
                        for project in made.members]  # fmt: skip
@@ -248,8 +233,6 @@ def finish_plan(plan: Plan, glance: GlanceReader, made: Recreated, now: datetime
         f"the images row was purged: a new row from Nova's copies of instances "
         f"{', '.join(made.copies.instances)}, deleted=0, deleted_at=NULL (a purge selects on "
         "deleted_at)",
-        f"properties from Nova's copies: {len(made.properties)}"
-        + (f" ({', '.join(made.properties)})" if made.properties else ""),
         f"members: {', '.join(made.members) if made.members else 'none'} "
         f"(visibility {made.visibility})",
         *(f"GUESSED: {g}" for g in made.guessed()),

@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 
 from recover.glance import GlanceReader
 from recover.images.digest import Digests
+from recover.images.nova_copies import Sourced
 from recover.plan import Pending, Plan, Row, RowChange
 from recover.text import printable
 
@@ -63,7 +64,7 @@ class PendingData:
 PENDING_COLUMNS = ("checksum", "size", "virtual_size", "os_hash_value")
 
 
-def _within(value: datetime | None, anchor: datetime | None, before: timedelta) -> bool:
+def within(value: datetime | None, anchor: datetime | None, before: timedelta) -> bool:
     if value is None or anchor is None:
         return False
     return anchor - before <= value <= anchor + SAME_TIME
@@ -81,10 +82,19 @@ def image_plan(
     action: str,
     queued_for_upload: bool = False,
     store_dirs: tuple[str, ...] = (),
+    rebuilt: Mapping[str, Sourced] | None = None,
 ) -> Plan:
     """The rows back to live. ``queued_for_upload``: status ``queued`` with the integrity
     columns NULL, so Glance accepts an API upload of new bytes (real-glance.md §5, Q1/Q3),
-    and the locations left alone: Glance writes a new one when the upload succeeds."""
+    and the locations left alone: Glance writes a new one when the upload succeeds.
+
+    ``rebuilt``: properties from Nova's copies (:mod:`recover.images.nova_copies`) for the
+    names no row was revived for (a purge deleted them): each is UPSERTed per
+    ``(image_id, name)``, the unique key ``ix_image_properties_image_id_name`` (which does
+    not include ``deleted``, so a soft-deleted row of that name is reused, as Glance's own
+    ``_set_properties_for_image`` does). Every row this revives, and every live child row of
+    the image that kept a ``deleted_at``, gets ``deleted_at = NULL``: ``glance-manage db
+    purge`` selects on ``deleted_at`` alone (glance 33 ``purge_deleted_rows``)."""
     db = glance.db
     images = db.table("images")
     columns = set(images.c.keys())
@@ -114,6 +124,8 @@ def image_plan(
     changes = [RowChange("images", {"id": image["id"]}, before=image, after=after)]
     anchor = image["deleted_at"]
     counts: dict[str, int] = {}
+    sources: dict[str, Sourced] = {}
+    property_notes: list[str] = []
     location_notes: list[str] = []
     with db.engine.connect() as conn:
         if not queued_for_upload:
@@ -129,12 +141,12 @@ def image_plan(
             if not db.has_table(table_name):
                 continue
             t = db.table(table_name)
-            query = select(t).where(t.c.image_id == image["id"], t.c.deleted != 0).order_by(t.c.id)
-            revived = [
-                dict(r)
-                for r in conn.execute(query).mappings()
-                if _within(r["deleted_at"], anchor, window)
-            ]
+            query = select(t).where(t.c.image_id == image["id"]).order_by(t.c.id)
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+            revived = [r for r in rows if r["deleted"] and within(r["deleted_at"], anchor, window)]
+            # A live row that kept a deleted_at (Glance revives a re-added property without
+            # clearing it, glance 33 _image_property_update) is deleted by the next purge.
+            stale = [r for r in rows if not r["deleted"] and r["deleted_at"] is not None]
             counts[table_name] = len(revived)
             changes += [
                 RowChange(
@@ -143,13 +155,27 @@ def image_plan(
                     before=r,
                     after={**r, "deleted": 0, "deleted_at": None},
                 )
-                for r in revived
+                for r in (*revived, *stale)
             ]
+            if table_name == "image_properties":
+                for r in revived:
+                    sources[r["name"]] = Sourced(
+                        r["value"], f"glance image_properties row {r['id']} (deleted with it)"
+                    )
+                for r in stale:
+                    sources[r["name"]] = Sourced(
+                        r["value"], f"glance image_properties row {r['id']}"
+                    )
+                filled, property_notes = _rebuilt_properties(
+                    conn, t, image["id"], rows, rebuilt or {}, sources, now
+                )
+                changes += filled
     notes = [
         f"{action}; image row back to {status}",
         "restore the properties, tags and members deleted with it: "
         + ", ".join(f"{n} {t.removeprefix('image_')}" for t, n in counts.items()),
         *location_notes,
+        *property_notes,
     ]
     if restored_status(image) == "deactivated":
         notes.append(
@@ -168,14 +194,69 @@ def image_plan(
             f"new data: {new_data.disk_format}, {new_data.digests.size} bytes, md5 "
             f"{new_data.digests.md5}, {new_data.digests.algo} {new_data.digests.value[:16]}..."
         )
+    subject: dict[str, Any] = {"kind": "image", "id": image["id"]}
+    if sources:
+        subject["properties"] = {k: v.as_dict() for k, v in sorted(sources.items())}
     return Plan(
         title=f"recover image {image['id']} ({image['name']})",
         db=db,
         target="glance",
         changes=changes,
         notes=notes,
-        subject={"kind": "image", "id": image["id"]},
+        subject=subject,
     )
+
+
+def _rebuilt_properties(
+    conn: Any,
+    table: Any,
+    image_id: str,
+    rows: list[Row],
+    rebuilt: Mapping[str, Sourced],
+    sources: dict[str, Sourced],
+    now: datetime,
+) -> tuple[list[RowChange], list[str]]:
+    """The UPSERTs of the properties rebuilt from Nova that no revived row gives back.
+
+    ``sources`` gets each one's source; the notes name every one (the dry-run's SQL
+    comments, the table report and the journal carry them).
+    """
+    by_name = {r["name"]: r for r in rows}
+    changes: list[RowChange] = []
+    notes: list[str] = []
+    next_id = None
+    for name, copy in sorted(rebuilt.items()):
+        if name in sources:
+            continue  # Glance's own row, revived, wins over Nova's copy
+        value = str(copy.value)
+        existing = by_name.get(name)
+        if existing is not None and not existing["deleted"]:
+            continue  # a live row: Glance's current value
+        if existing is not None:
+            after = {**existing, "value": value, "deleted": 0, "deleted_at": None,
+                     "updated_at": now}  # fmt: skip
+            changes.append(RowChange(table.name, {"id": existing["id"]}, existing, after))
+        else:
+            if next_id is None:
+                query = select(func.coalesce(func.max(table.c.id), 0))
+                next_id = int(conn.execute(query).scalar_one()) + 1
+            row = {"id": next_id, "image_id": image_id, "name": name, "value": value,
+                   "created_at": now, "updated_at": now, "deleted_at": None,
+                   "deleted": 0}  # fmt: skip
+            changes.append(RowChange(table.name, {"id": next_id}, None, row))
+            next_id += 1
+        sources[name] = copy
+        flag = (
+            f" (GUESSED: {copy.note})" if copy.guessed else (f" ({copy.note})" if copy.note else "")
+        )
+        notes.append(f"property {name} = {printable(value)} from {copy.source}{flag}")
+    if notes:
+        notes.insert(
+            0,
+            f"{len(notes)} purged propert{'y' if len(notes) == 1 else 'ies'} rebuilt from "
+            "Nova's copies (glance-manage db purge removed the rows):",
+        )
+    return changes, notes
 
 
 def _location(

@@ -183,7 +183,8 @@ class GlanceApiCreateStore(GlanceApiStore):
     def body(self, disk_format: str) -> dict[str, Any]:
         values = {name: s.value for name, s in self.made.fields.items()}
         values["disk_format"] = disk_format
-        return api.create_body(values, self.made.properties)
+        properties = {n: str(c.value) for n, c in sorted(self.made.copies.properties.items())}
+        return api.create_body(values, properties)
 
     def requests(self, disk_format: str, size: int | None) -> list[str]:
         """The API requests of the run, for the dry-run and the journal."""
