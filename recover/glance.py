@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.engine import Connection, Row
 
 from recover.db.engine import Database
@@ -35,6 +35,15 @@ class ChildCounts:
             "properties": self.properties,
             "tags": self.tags,
         }
+
+
+#: (report key, table) of the child rows of an image.
+CHILD_TABLES = (
+    ("locations", "image_locations"),
+    ("properties", "image_properties"),
+    ("tags", "image_tags"),
+    ("members", "image_members"),
+)
 
 
 class ImageState(NamedTuple):
@@ -95,26 +104,38 @@ class GlanceReader:
     def deleted_children(
         self, conn: Connection, image_ids: Iterable[str]
     ) -> dict[str, ChildCounts]:
+        """Soft-deleted child rows per image (what a recovery brings back)."""
+        return {i: deleted for i, (deleted, _left) in self.child_counts(conn, image_ids).items()}
+
+    def child_counts(
+        self, conn: Connection, image_ids: Iterable[str]
+    ) -> dict[str, tuple[ChildCounts, ChildCounts]]:
+        """``id -> (soft-deleted, every row left)`` of each child table: one statement per
+        table (and ``IN`` batch), whatever the number of images.
+
+        ``glance-manage db purge`` hard-deletes child rows (glance 33
+        ``purge_deleted_rows``, at most ``max_rows`` per table and run): a table with no
+        row left for a deleted image was purged, or never had any.
+        """
         ids = sorted({image_key(i) for i in image_ids})
-        counts: dict[str, dict[str, int]] = {i: {} for i in ids}
-        for key, table_name in (
-            ("locations", "image_locations"),
-            ("properties", "image_properties"),
-            ("tags", "image_tags"),
-            ("members", "image_members"),
-        ):
+        deleted: dict[str, dict[str, int]] = {i: {} for i in ids}
+        left: dict[str, dict[str, int]] = {i: {} for i in ids}
+        for key, table_name in CHILD_TABLES:
             if not self.db.has_table(table_name) or not ids:
                 continue
             table = self.db.table(table_name)
+            soft = func.sum(case((table.c.deleted != 0, 1), else_=0))
             for batch in chunks(ids):
                 rows = conn.execute(
-                    select(table.c.image_id, func.count())
-                    .where(table.c.image_id.in_(batch), table.c.deleted != 0)
+                    select(table.c.image_id, func.count(), soft)
+                    .where(table.c.image_id.in_(batch))
                     .group_by(table.c.image_id)
                 )
-                for image_id, count in rows:
-                    counts[image_key(image_id)][key] = int(count)
-        return {i: ChildCounts(**c) for i, c in counts.items()}
+                for image_id, count, soft_count in rows:
+                    left[image_key(image_id)][key] = int(count)
+                    if soft_count:
+                        deleted[image_key(image_id)][key] = int(soft_count)
+        return {i: (ChildCounts(**deleted[i]), ChildCounts(**left[i])) for i in ids}
 
     def location_values(
         self, conn: Connection, image_ids: Iterable[str]

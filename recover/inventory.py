@@ -147,6 +147,23 @@ class ImageOrphan:
     row_status: str | None = None
     #: An image of an RBD store: ``{"pool", "state", "children"}`` (PRODUCT.md).
     rbd: dict[str, Any] | None = None
+    #: Every child row left in Glance (live or soft-deleted): what a purge has not removed.
+    rows_left: ChildCounts = field(default_factory=ChildCounts)
+    #: Instances using it that hold a ``request_specs`` row / ``image_*`` system metadata.
+    request_specs: int = 0
+    system_metadata: int = 0
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """What survives of the image in Glance, and whether Nova holds copies (PRODUCT.md
+        "Images whose metadata was purged"): the ``metadata`` key of the report."""
+        left = self.rows_left.as_dict()
+        return {
+            "row": self.status != "missing",
+            **left,
+            "none_left": sorted(k for k, n in left.items() if not n),
+            "nova": {"request_spec": self.request_specs, "system_metadata": self.system_metadata},
+        }
 
     @property
     def base_file(self) -> str:
@@ -268,6 +285,8 @@ class _SecondPass:
     #: Rows of the flavors a revert-resize gives back, read with the instances.
     rows: dict[int, tuple[str, Row[Any]]]
     warnings: list[str]
+    #: Instances booted from an orphaned image that hold ``image_*`` system metadata.
+    image_sysmeta: set[str] = field(default_factory=set)
 
 
 class _Scan:
@@ -391,11 +410,15 @@ class _Scan:
                 uses, rows = self._flavor_uses(cell, conn, refs, warnings)
                 users = [r.uuid for r in refs if r.flavor_id in wanted]
                 sysmeta = cell.sysmeta_flavor_uuids(conn, users) if users else set()
-            return _SecondPass(refs, uses, sysmeta, rows, warnings)
+                # Nova's copies of the orphaned images' metadata: one statement per batch.
+                booted = [r.uuid for r in refs if r.image_id in orphan_images]
+                image_sysmeta = cell.image_sysmeta_uuids(conn, booted)
+            return _SecondPass(refs, uses, sysmeta, rows, warnings, image_sysmeta)
 
         uses: list[_FlavorUse] = []
         sysmeta: set[str] = set()
         instances_by_image: dict[str, list[InstanceRef]] = {i: [] for i in orphan_images}
+        image_sysmeta: set[str] = set()
         found = self._gather(readable, second)
         self.conns.clear()  # closed by pass 2, or held by a thread that timed out
         for cell in readable:
@@ -406,12 +429,14 @@ class _Scan:
             self.rows.setdefault(cell.name, {}).update(answer.rows)
             uses += answer.uses
             sysmeta |= answer.sysmeta
+            image_sysmeta |= answer.image_sysmeta
             for ref in answer.refs:
                 for image_id in {ref.image_id, ref.shelved_id} & orphan_images.keys():
                     instances_by_image[image_id].append(ref)
             self.cells.append(CellStatus(cell.name, True))
 
-        images = self._images(orphan_images, image_rows, instances_by_image)
+        specs = self._request_specs(instances_by_image)
+        images = self._images(orphan_images, image_rows, instances_by_image, image_sysmeta, specs)
         flavors = self._flavors(uses, sysmeta)
         never_ran_flavors = never_ran_apart(flavors)
         flavors = [f for f in flavors if all(f is not n for n in never_ran_flavors)]
@@ -570,14 +595,25 @@ class _Scan:
             return None
         return any((store / image_id).is_file() for store in readable)
 
+    def _request_specs(self, instances: dict[str, list[InstanceRef]]) -> set[str]:
+        """The instances of orphaned images that have a request spec: one statement."""
+        api = self.nova.api
+        uuids = {r.uuid for refs in instances.values() for r in refs}
+        if api is None or not uuids:
+            return set()
+        with api.db.engine.connect() as conn:
+            return api.request_spec_uuids(conn, uuids)
+
     def _images(
         self,
         orphan_images: dict[str, str],
         rows: dict[str, Row[Any]],
         instances: dict[str, list[InstanceRef]],
+        image_sysmeta: set[str],
+        specs: set[str],
     ) -> list[ImageOrphan]:
         with self.glance.db.engine.connect() as conn:
-            children = self.glance.deleted_children(conn, orphan_images)
+            children = self.glance.child_counts(conn, orphan_images)
             snapshots = self.glance.snapshot_ids(conn, orphan_images)
             locations = self.glance.location_values(conn, orphan_images)
         rbd = inventory_facts(self.settings, locations, sorted(orphan_images))
@@ -587,6 +623,7 @@ class _Scan:
             every = sorted(instances[image_id], key=lambda r: r.uuid)
             refs = [r for r in every if not r.cell0]
             booted = [r for r in refs if r.host and r.image_id == image_id]
+            booted_any = [r for r in refs if r.image_id == image_id]
             image = ImageOrphan(
                 # As Glance has it; image_id is its lower-case key (nova.image_key).
                 id=row.id if row is not None else image_id,
@@ -603,8 +640,11 @@ class _Scan:
                 deleted_at=row.deleted_at if row is not None else None,
                 snapshot=image_id in snapshots,
                 store_file=self._store_file(image_id),
-                children=children.get(image_id, ChildCounts()),
+                children=children.get(image_id, (ChildCounts(), ChildCounts()))[0],
                 rbd=rbd.get(image_id),
+                rows_left=children.get(image_id, (ChildCounts(), ChildCounts()))[1],
+                request_specs=sum(r.uuid in specs for r in booted_any),
+                system_metadata=sum(r.uuid in image_sysmeta for r in booted_any),
             )
             image.recover, image.note = _image_suggestion(image)
             if image.recover and image.row_status == "deactivated":
@@ -724,18 +764,38 @@ def _image_suggestion(image: ImageOrphan) -> tuple[str | None, str | None]:
             "only failed builds in cell0 use it: no compute node ever ran them; "
             "delete them (openstack server delete) rather than recover the image"
         )
-    command, note = _source_suggestion(image, quoted)
+    purged = _purged_note(image)
     if image.status == "missing":
-        # recover/images/recreate.py: the row comes back from the request spec and the
-        # instances' system metadata; the bytes from the same sources as any image.
-        note = (
-            "the images row was purged: re-created under its own id from Nova's copies "
-            f"(request spec, system metadata); the data: {note}"
+        command, where = _image_suggestion_of_row(image, quoted)
+        if not image.request_specs and not image.system_metadata:
+            # No copy holds its disk_format: recover/images/recreate.py refuses without it.
+            return f"{command} --disk-format FMT", (
+                "the images row was purged and Nova holds no copy of it (no request spec, no "
+                f"image_* system metadata): recover re-creates it with the format given; {where}"
+            )
+        return command, (
+            f"the images row was purged: recover re-creates it under its own id from Nova's "
+            f"copies; {where}"
         )
-    return command, note
+    if purged:
+        command, note = _image_suggestion_of_row(image, quoted)
+        return command, f"{note}; {purged}"
+    return _image_suggestion_of_row(image, quoted)
 
 
-def _source_suggestion(image: ImageOrphan, quoted: str) -> tuple[str, str]:
+def _purged_note(image: ImageOrphan) -> str | None:
+    """What the report says when the image's properties are gone from Glance."""
+    if image.status == "missing" or image.rows_left.properties:
+        return None
+    if image.system_metadata:
+        return (
+            "no property row left (purged, or it had none): rebuilt from the system metadata "
+            f"of {image.system_metadata} instance(s)"
+        )
+    return "no property row left (purged, or it had none) and no copy in Nova"
+
+
+def _image_suggestion_of_row(image: ImageOrphan, quoted: str) -> tuple[str, str]:
     if image.store_file:
         return f"recover image {quoted}", "the store still holds the data: un-delete only"
     if image.rbd is not None and image.rbd.get("state") in RBD_NOTES:

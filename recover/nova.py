@@ -38,6 +38,8 @@ SYSMETA_FLAVOR_KEYS = ("instance_type_id", "instance_type_flavorid", "instance_t
 SHELVED_IMAGE_KEY = "shelved_image_id"
 #: nova 34 ``nova/utils.py`` ``SM_IMAGE_PROP_PREFIX``: sysmeta keys copied from the image.
 IMAGE_PREFIX = "image_"
+#: nova 34 ``nova/compute/api.py`` ``_populate_instance_for_create`` sets it on every boot.
+BASE_IMAGE_REF_KEY = "image_base_image_ref"
 #: The instances columns an InstanceRef is made of.
 INSTANCE_COLUMNS = (
     "uuid", "host", "node", "vm_state", "project_id",
@@ -511,8 +513,9 @@ class CellReader:
         return found
 
     def image_sysmeta_uuids(self, conn: Connection, uuids: Iterable[str]) -> set[str]:
-        """Those of ``uuids`` with at least one live ``image_*`` sysmeta row (the inventory:
-        one statement per batch, whatever the number of images)."""
+        """Those of ``uuids`` with at least one live ``image_*`` sysmeta row besides the
+        ``image_base_image_ref`` Nova adds itself: a copy of the image's metadata (the
+        inventory: one statement per batch, whatever the number of images)."""
         wanted = sorted(set(uuids))
         if not wanted or not self.db.has_table("instance_system_metadata"):
             return set()
@@ -527,6 +530,7 @@ class CellReader:
                         sm.c.instance_uuid.in_(batch),
                         sm.c.deleted == 0,
                         sm.c.key.startswith(IMAGE_PREFIX, autoescape=True),
+                        sm.c.key != BASE_IMAGE_REF_KEY,
                     )
                     .group_by(sm.c.instance_uuid)
                 )
@@ -761,6 +765,18 @@ class ApiReader:
             )
             found.update((r[0], r[1]) for r in rows if r[1])
         return dict(sorted(found.items()))
+
+    def request_spec_uuids(self, conn: Connection, uuids: Iterable[str]) -> set[str]:
+        """Those of ``uuids`` with a ``request_specs`` row (the inventory: the ids only)."""
+        wanted = sorted(set(uuids))
+        if not wanted or not self.schema.has_request_specs:
+            return set()
+        specs = self.db.table("request_specs")
+        found: set[str] = set()
+        for batch in chunks(wanted):
+            query = select(specs.c.instance_uuid).where(specs.c.instance_uuid.in_(batch))
+            found |= {r[0] for r in conn.execute(query)}
+        return found
 
     def live_flavor_ids(self, conn: Connection, flavor_ids: Iterable[int]) -> set[int]:
         flavors = self.db.table("flavors")

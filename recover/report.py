@@ -80,6 +80,7 @@ def image_dict(orphan: ImageOrphan) -> dict[str, Any]:
         "base_files": orphan.base_files,
         "store_file": orphan.store_file,
         "deleted_children": orphan.children.as_dict(),
+        "metadata": orphan.metadata,
         "at_risk": orphan.at_risk,
         "recover": orphan.recover,
         "note": orphan.note,
@@ -125,6 +126,7 @@ CSV_COLUMNS = (
     "launched_at",
     "long_running",
     "recover",
+    "metadata",
 )
 
 
@@ -135,12 +137,12 @@ def render_csv(inventory: Inventory) -> str:
     writer.writerow(CSV_COLUMNS)
 
     def rows(kind: str, oid: str, name: str | None, state: str, recover: str | None,
-             instances: list[AffectedInstance]) -> None:  # fmt: skip
+             instances: list[AffectedInstance], metadata: str = "") -> None:  # fmt: skip
         for inst in instances:
             writer.writerow(
                 (kind, oid, name or "", state, inst.uuid, inst.cell, inst.host or "",
                  inst.vm_state or "", _ts(inst.launched_at) or "",
-                 "yes" if inst.long_running else "no", recover or "")
+                 "yes" if inst.long_running else "no", recover or "", metadata)
             )  # fmt: skip
 
     for f in inventory.flavors:
@@ -148,8 +150,20 @@ def render_csv(inventory: Inventory) -> str:
         rows("flavor", str(f.id), f.name, f"{f.state} (revert-resize)", f.recover,
              f.revert_instances)  # fmt: skip
     for i in inventory.images:
-        rows("image", i.id, i.name, i.status, i.recover, i.instances)
+        rows("image", i.id, i.name, i.status, i.recover, i.instances, metadata_text(i))
     return out.getvalue()
+
+
+def metadata_text(image: ImageOrphan) -> str:
+    """``metadata`` in one line: the rows left in Glance, then Nova's copies."""
+    meta = image.metadata
+    left = [("row" if meta["row"] else "no row")]
+    left += [f"{k} {meta[k]}" for k in ("properties", "locations", "tags", "members")]
+    nova = meta["nova"]
+    return (
+        f"{', '.join(left)}; Nova: request spec {nova['request_spec']}, "
+        f"system_metadata {nova['system_metadata']}"
+    )
 
 
 def _wrap(label: str, items: list[str]) -> list[str]:
@@ -241,6 +255,7 @@ def _table_lines(inventory: Inventory) -> list[str]:
         lines.extend(_wrap("_base file", i.base_files))
         if i.row_status not in (None, "deleted", i.status):
             lines.append(f"    row: status {i.row_status} with deleted=1")
+        lines.extend(_wrap("metadata", [metadata_text(i)]))
         lines.append(f"    recover: {i.recover}" if i.recover else f"    recover: no ({i.note})")
     lines.append("")
     lines.extend(_never_ran_section(inventory))

@@ -110,6 +110,15 @@ def test_incident_on_legacy_nova_and_glance(legacy: Cloud) -> None:
                 "base_files": ["141ce390743531b7da2db335d2159fa550f460c8"],
                 "store_file": False,
                 "deleted_children": {"locations": 1, "members": 0, "properties": 4, "tags": 0},
+                "metadata": {
+                    "row": True,
+                    "locations": 1,
+                    "members": 0,
+                    "properties": 4,
+                    "tags": 0,
+                    "none_left": ["members", "tags"],
+                    "nova": {"request_spec": 0, "system_metadata": 2},
+                },
                 "at_risk": ["rebuild", "evacuate"],
                 "recover": f"recover image {SNAPSHOT} --from-host {HOST}",
                 "note": "_base/141ce390743531b7da2db335d2159fa550f460c8 on a compute node that runs it",
@@ -273,8 +282,22 @@ def test_killed_and_purged_images_and_archived_flavor(legacy: Cloud) -> None:
     ]
     assert [(i["id"], i["status"], i["recover"]) for i in data["images"]] == [
         (CIRROS, "killed", f"recover image {CIRROS} --from-host compute-07"),
-        (SNAPSHOT, "missing", f"recover image {SNAPSHOT} --from-host compute-12"),
+        (SNAPSHOT, "missing", f"recover image {SNAPSHOT} --from-host {HOST}"),
     ]
+    missing = data["images"][1]
+    assert missing["note"] == (
+        "the images row was purged: recover re-creates it under its own id from Nova's copies; "
+        "_base/141ce390743531b7da2db335d2159fa550f460c8 on a compute node that runs it"
+    )
+    assert missing["metadata"] == {
+        "row": False,
+        "locations": 0,
+        "members": 0,
+        "properties": 0,
+        "tags": 0,
+        "none_left": ["locations", "members", "properties", "tags"],
+        "nova": {"request_spec": 0, "system_metadata": 2},
+    }
 
 
 def test_malformed_flavor_json_is_skipped_with_a_warning(modern: Cloud) -> None:

@@ -15,6 +15,7 @@ Everything is made by the real components (issue 12):
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -32,6 +33,7 @@ from recover.errors import RefusedError
 from recover.images.nova_copies import (
     TRUNCATED_NOTE,
     NovaCopies,
+    Sourced,
     read_copies,
 )
 from tests.nova_layer import nova_databases, run_nova
@@ -130,7 +132,7 @@ ONE: Users = [(P_ALPHA, None)]
 DISAGREE: Users = [(P_ALPHA, None), (P_BETA, {"image_hw_disk_bus": "ide"})]
 #: name -> (properties, instances as (project, later sysmeta edit), how it is purged):
 #: "all" (db purge), "row" (db purge + purge_images_table), "max_rows" (--max_rows 2 on
-#: image_properties alone), or one child table alone. rec_* are recovered by the tests.
+#: image_properties alone), one child table alone, or "none". rec_* are recovered by the tests.
 SCENARIOS: dict[str, tuple[dict[str, str], Users, str]] = {
     "full": (FULL_PROPS, TWO, "all"),
     "conflict": (SMALL_PROPS, DISAGREE, "all"),
@@ -141,6 +143,7 @@ SCENARIOS: dict[str, tuple[dict[str, str], Users, str]] = {
     "rec_conflict": (SMALL_PROPS, DISAGREE, "all"),
     "rec_max_rows": (SMALL_PROPS, ONE, "max_rows"),
     "rec_control": (SMALL_PROPS, ONE, "all"),
+    "rec_stale": (SMALL_PROPS, ONE, "none"),
     **{f"rec_only_{t}": (SMALL_PROPS, ONE, t) for t in CHILD_TABLES},
 }
 
@@ -306,6 +309,69 @@ def test_disagreeing_instances_are_conflicts_and_from_instance_picks(world: Worl
         world.copies("conflict", from_instance=world.images["full"].instances[0]["uuid"])
 
 
+# --- recover inventory: what survives, per table, and Nova's copies ---------------------------------
+
+
+def inventory(world: World, fmt: str = "json") -> str:
+    glance = world.glance
+    result = CliRunner().invoke(cli, [
+        "--nova-api-db", world.api_url, "--glance-db", glance.db_url,
+        "--store-dir", str(glance.store_dir), "inventory", "--format", fmt,
+    ])  # fmt: skip
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    return result.stdout
+
+
+def test_inventory_reports_what_survives_and_a_command_for_every_orphan(world: World) -> None:
+    images = {i["id"]: i for i in json.loads(inventory(world))["images"]}
+    tables = ("locations", "members", "properties", "tags")
+
+    def metadata(row: bool, nova: int, **left: int) -> dict[str, Any]:
+        counts = {t: left.get(t, 0) for t in tables}
+        return {
+            "row": row, **counts, "none_left": [t for t in tables if not counts[t]],
+            "nova": {"request_spec": nova, "system_metadata": nova},
+        }  # fmt: skip
+
+    one = {"locations": 1, "members": 1, "properties": 3, "tags": 1}
+    expected = {
+        "full": ("deleted", metadata(True, 2)),
+        "conflict": ("deleted", metadata(True, 2)),
+        "row": ("missing", metadata(False, 2)),
+        "max_rows": ("deleted", metadata(True, 1, **{**one, "properties": 1})),
+        **{
+            f"only_{t}": ("deleted", metadata(True, 1, **{**one, t.removeprefix("image_"): 0}))
+            for t in CHILD_TABLES
+        },
+    }
+    for name, (status, meta) in expected.items():
+        booted = world.images[name]
+        got = images[booted.id]
+        assert (got["status"], got["metadata"]) == (status, meta), name
+        # A runnable command for every orphan, the purged row included (compute-1 runs it).
+        assert got["recover"] == f"recover image {booted.id} --from-host compute-1", name
+    assert images[world.images["row"].id]["note"].startswith(
+        "the images row was purged: recover re-creates it under its own id from Nova's copies; "
+    )
+    assert images[world.images["full"].id]["note"].endswith(
+        "; no property row left (purged, or it had none): rebuilt from the system metadata of "
+        "2 instance(s)"
+    )
+    table = inventory(world, "table")
+    assert (
+        f"  image {world.images['max_rows'].id}  [deleted]\n" in table
+        and "    metadata: row, properties 1, locations 1, tags 1, members 1; Nova: request\n"
+        "              spec 1, system_metadata 1\n"
+        in table
+    )
+    rows = list(csv.DictReader(io.StringIO(inventory(world, "csv"))))
+    (row,) = [r for r in rows if r["id"] == world.images["row"].id and r["instance"].endswith("1")]
+    assert row["metadata"] == (
+        "no row, properties 0, locations 0, tags 0, members 0; Nova: request spec 2, "
+        "system_metadata 2"
+    )
+
+
 # --- recover image: the properties rebuilt, the rows safe from the next purge -------------------
 
 
@@ -432,6 +498,25 @@ def test_a_row_revived_with_its_deleted_at_is_purged(world: World, tmp_path: Pat
     assert names == ["hw_disk_bus", "hw_scsi_model"]  # os_distro: gone, though live
 
 
+def test_a_live_row_that_kept_its_deleted_at_is_cleared(world: World, tmp_path: Path) -> None:
+    """A live child row with a deleted_at (what glance's _image_property_update leaves when a
+    property is re-added, and image_restore on the images row) would go with the next purge:
+    the recovery clears it too."""
+    booted = world.images["rec_stale"]
+    world.glance.query(
+        "UPDATE image_tags SET deleted = 0 WHERE image_id = %s", (booted.id,)
+    )  # deleted_at kept, as Glance's revivals keep it
+    report = applied(recover(world, "rec_stale", "--base-file", base_file(tmp_path, booted),
+                             "--yes", "--format", "json"))  # fmt: skip
+    assert "update 1 row(s) in image_tags" in report["changes"]
+    rows = live_rows(world, booted.id)
+    assert rows["image_tags"] == [(0, None, "pp-tag")]
+    assert all(r[:2] == (0, None) for t in rows.values() for r in t), rows
+    purge(world.glance, images=[booted.id])
+    purge_images_table(world.glance, images=[booted.id])
+    assert live_rows(world, booted.id) == rows
+
+
 def test_disagreeing_instances_refused_then_from_instance(
     world: World, tmp_path: Path, mariadb_server: MariaDBServer
 ) -> None:
@@ -539,3 +624,85 @@ def test_one_table_purged_recovered(world: World, tmp_path: Path, table: str) ->
     purge(world.glance, images=[booted.id])
     purge_images_table(world.glance, images=[booted.id])
     assert live_rows(world, booted.id) == rows
+
+
+# --- the reader on older schemas: no request spec, legacy DDL ------------------------------------
+
+LEGACY_IMAGE = "b3986e99-1988-43bb-b47c-0b34438bc189"
+LEGACY_VMS = ("21000000-0000-4000-8000-000000000001", "21000000-0000-4000-8000-000000000002")
+#: What Mitaka's get_system_metadata_from_image copied (no libvirt defaults before Yoga;
+#: hw_machine_type here is the image's own, but no request spec can tell).
+LEGACY_SYSMETA = {
+    "hw_disk_bus": "ide", "hw_machine_type": "pc", "os_type": "linux", "kernel_id": "",
+    "min_disk": "40", "min_ram": "512", "disk_format": "qcow2", "container_format": "bare",
+}  # fmt: skip
+
+
+def _legacy_cloud(make_db: Any, api_schema: str | None, spec: str | None) -> Settings:
+    from recover.db.engine import open_database
+    from recover.simulate import Flavor, Instance, create_instance, map_cell
+
+    cell_url = make_db("nova-legacy-mitaka", "pl_nova")
+    cell = open_database(cell_url, "cell")
+    small = Flavor(name="m1.small", flavorid="2", memory_mb=2048, vcpus=1, root_gb=20)
+    with cell.engine.begin() as conn:
+        for uuid in LEGACY_VMS:
+            create_instance(conn, cell, Instance(
+                uuid=uuid, flavor=small, flavor_id=2, image_ref=LEGACY_IMAGE, host="compute-7",
+                image_properties=LEGACY_SYSMETA, project_id="p-legacy",
+            ))  # fmt: skip
+    cell.dispose()
+    if api_schema is None:
+        return Settings(nova_dbs=(Value(cell_url, "test"),))
+    api_url = make_db(api_schema, "pl_api")
+    api = open_database(api_url, "api")
+    with api.engine.begin() as conn:
+        map_cell(conn, api, "8a1b7c3e-2f4d-4e6a-9b5c-1d2e3f4a5b6c", "cell1", cell_url)
+        if spec is not None:
+            api.table("request_specs")
+            conn.execute(
+                api.table("request_specs").insert(),
+                {"instance_uuid": LEGACY_VMS[0], "spec": spec},
+            )
+    api.dispose()
+    return Settings(nova_api_db=Value(api_url, "test"))
+
+
+@pytest.mark.parametrize(
+    ("api_schema", "spec"),
+    [
+        (None, None),  # pre-Newton, cells given alone: no nova_api at all
+        ("nova_api-legacy-mitaka", None),  # request_specs exists, no row for these instances
+        ("nova_api-legacy-mitaka", "{not json"),  # a spec recover cannot read
+        ("nova_api-cdeec0c85668", '{"nova_object.data": {"image": null}}'),  # boot from volume
+    ],
+)
+def test_reader_without_a_request_spec_on_legacy_schemas(
+    make_db: Any, api_schema: str | None, spec: str | None
+) -> None:
+    settings = _legacy_cloud(make_db, api_schema, spec)
+    copies = read_copies(settings, LEGACY_IMAGE.upper())
+    both = "instance_system_metadata of 2 instances"
+    assert (copies.instances, copies.projects) == (list(LEGACY_VMS), ["p-legacy"])
+    assert (copies.has_request_spec, copies.has_sysmeta, copies.conflicts) == (False, True, {})
+    # Without a request spec a libvirt default cannot be told apart: kept, flagged.
+    maybe = "no request spec: may be Nova's libvirt default rather than a Glance property"
+    assert copies.properties == {
+        "hw_disk_bus": Sourced("ide", both, True, maybe),
+        "hw_machine_type": Sourced("pc", both, True, maybe),
+        "os_type": Sourced("linux", both),
+    }
+    assert sorted(copies.dropped) == [
+        "base_image_ref", "container_format", "disk_format", "kernel_id", "min_disk", "min_ram",
+    ]  # fmt: skip
+    assert copies.core == {
+        "disk_format": Sourced("qcow2", both),
+        "container_format": Sourced("bare", both),
+        "min_ram": Sourced(512, both),
+        # image_min_disk 40 > root_gb 20: max(min_disk, root_gb) was the image's own.
+        "min_disk": Sourced(40, both),
+        "owner": Sourced(
+            "p-legacy", "project of the instances (p-legacy)", True,
+            "no request spec: the project of an instance using it",
+        ),
+    }  # fmt: skip

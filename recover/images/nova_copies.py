@@ -307,8 +307,8 @@ def _core(
             and int(v) > sysmeta[u][0]
         ]
         if exact:
-            value, uuid = max(exact)
-            core["min_disk"] = Sourced(value, _source([uuid]))
+            value = max(v for v, _u in exact)
+            core["min_disk"] = Sourced(value, _source(sorted(u for v, u in exact if v == value)))
         else:
             smallest = min(sysmeta[u][0] for u in booted)
             core["min_disk"] = Sourced(
