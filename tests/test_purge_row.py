@@ -68,10 +68,13 @@ class Purged:
 def purged_image(
     api: GlanceApi, nova_python: str, nova_urls: tuple[str, str], tmp_path: Path, seed: int,
     users: list[tuple[str, str]], *, boot: bool = True, disk_format: str = "qcow2",
+    copies: bool = True,
 ) -> Purged:  # fmt: skip
     """An image created and deleted through the API, booted by ``users`` ((uuid, project))
     through the nova object layer, then purged whole by the real glance-manage. ``raw`` is
-    the _base file Nova made of it (a raw image's _base is the upload itself)."""
+    the _base file Nova made of it (a raw image's _base is the upload itself). ``copies``
+    False: the instances name it (image_ref) but hold no copy of its metadata (no image_*
+    system metadata, no request spec), like instances from before Nova kept them."""
     raw = make_raw(tmp_path / f"guest-{seed}.raw", seed)
     original = (
         to_qcow2(raw, tmp_path / f"guest-{seed}.qcow2").read_bytes()
@@ -87,7 +90,9 @@ def purged_image(
         spec = {
             "flavors": [FLAVOR], "image_schema": schema,
             "instances": [{"uuid": u, "project_id": p, "flavorid": FLAVOR["flavorid"],
-                           "host": "compute-1", "image": shown} for u, p in users],
+                           "host": "compute-1",
+                           **({"image": shown} if copies else {"image_ref": image_id})}
+                          for u, p in users],
         }  # fmt: skip
         run_nova(nova_python, "create", *nova_urls, "--spec", json.dumps(spec, default=str))
     client.images.delete(image_id)
@@ -300,6 +305,47 @@ def test_new_bytes_for_a_raw_image_need_accept_new_bytes(
     (row,) = surviving(api, image.image_id)["images"]
     assert (row["checksum"], row["size"], row["disk_format"]) == (new, len(image.original), "raw")
     assert_served(api, image.image_id, other.read_bytes())
+
+
+def test_no_copy_in_nova_every_field_guessed(
+    glance_purge: GlanceApi, nova_python: str, nova_urls: tuple[str, str], tmp_path: Path
+) -> None:
+    """Instances that name the image but hold no copy of it: the inventory's command asks
+    for the format; the row comes back with every other field guessed and named so."""
+    api = glance_purge
+    image = purged_image(api, nova_python, nova_urls, tmp_path, 39, USERS[:1], copies=False)
+    listed = recover(*args(api, nova_urls, "inventory", "--format", "json", endpoint=False))
+    (orphan,) = [i for i in json.loads(listed.stdout)["images"] if i["id"] == image.image_id]
+    assert orphan["recover"] == (
+        f"recover image {image.image_id} --from-host compute-1 --disk-format FMT"
+    )
+    before = checksum_tables(api)
+    refused = recover(*args(api, nova_urls, "image", image.image_id, "--base-file",
+                            str(image.raw), "--yes"))  # fmt: skip
+    assert refused.exit_code == 1
+    assert refused.stderr.startswith(
+        f"Error: image {image.image_id}: no copy kept its disk_format"
+    ), refused.stderr
+    assert checksum_tables(api) == before
+
+    result = recover(*args(api, nova_urls, "image", image.image_id, "--base-file",
+                           str(image.raw), "--disk-format", "qcow2", "--yes", "--format",
+                           "json"))  # fmt: skip
+    assert result.exit_code == 0, result.stdout + result.stderr
+    made = json.loads(result.stdout)["recreated"]
+    assert made["guessed"] == ["owner", "container_format", "min_ram", "min_disk", "visibility",
+                               "created_at", "name"]  # fmt: skip
+    assert made["fields"]["disk_format"] == {
+        "value": "qcow2", "source": "--disk-format", "guessed": False,
+    }  # fmt: skip
+    (row,) = surviving(api, image.image_id)["images"]
+    assert {k: row[k] for k in ("name", "owner", "disk_format", "container_format", "min_ram",
+                                "min_disk", "visibility", "status")} == {
+        "name": None, "owner": OWNER, "disk_format": "qcow2", "container_format": "bare",
+        "min_ram": 0, "min_disk": 0, "visibility": "private", "status": "active",
+    }  # fmt: skip
+    assert live_properties(api, image.image_id) == {}
+    assert_served(api, image.image_id, image.original)
 
 
 # --- refusals and dry-runs change nothing ---------------------------------------------------
