@@ -29,6 +29,7 @@ from tests.glance_api import GlanceApi, create_image
 from tests.helpers import process_env
 from tests.nova_layer import nova_databases, run_nova
 from tests.purge import purge_all, surviving
+from tests.test_faults import stopped, wait_until
 from tests.test_glance_api import assert_served, download, make_raw, to_qcow2
 from tests.test_hostile import RECOVER
 
@@ -115,8 +116,9 @@ def args(
     return [*found, *more]
 
 
-def rows_of(api: GlanceApi, image_id: str) -> dict[str, list[dict[str, Any]]]:
-    return {t: r for t, r in surviving(api, image_id).items()}
+def rows_of(api: GlanceApi, image_id: str) -> list[dict[str, Any]]:
+    """The image's images row(s)."""
+    return surviving(api, image_id)["images"]
 
 
 def live_properties(api: GlanceApi, image_id: str) -> dict[str, str]:
@@ -507,3 +509,34 @@ def test_kill_at_each_phase_then_undo_restores_no_row(
     expect_recreated(api, image)
     assert_served(api, image.image_id, image.original)
     assert store_listing(api) == sorted([*listing, image.image_id])
+
+
+def test_sigterm_after_the_post_removes_what_glance_created(
+    glance_purge: GlanceApi, nova_python: str, nova_urls: tuple[str, str], tmp_path: Path
+) -> None:
+    """SIGTERM between ``POST /v2/images`` and the upload: the run deletes the rows Glance
+    wrote, exits 143, and the journal says rolled-back: the old state, "no row"."""
+    api = glance_purge
+    image = purged_image(api, nova_python, nova_urls, tmp_path, 60, USERS)
+    before, listing = checksum_tables(api), store_listing(api)
+    env = {**process_env(tmp_path), "RECOVER_FAULT_POINT": "api-created:stop"}
+    argv = ["image", image.image_id, "--base-file", str(image.raw), "--via-api", "--yes"]
+    proc = subprocess.Popen(
+        [RECOVER, *args(api, nova_urls, *argv)], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert wait_until(lambda: stopped(proc.pid)), proc.poll()
+        # Stopped after the POST: Glance holds a queued image of that id.
+        ((status, deleted),) = [(r["status"], r["deleted"]) for r in rows_of(api, image.image_id)]
+        assert (status, deleted) == ("queued", 0)
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGCONT)
+        _out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert all(r == [] for r in surviving(api, image.image_id).values())
+    assert (checksum_tables(api), store_listing(api)) == (before, listing)
+    assert journal_statuses(tmp_path) == ["rolled-back"]
