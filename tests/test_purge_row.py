@@ -24,9 +24,14 @@ from click.testing import CliRunner, Result
 
 from recover.cli import cli
 from recover.config import ENV_VARS
+from recover.db.engine import open_database
+from recover.demo import PROJECT, SNAPSHOT, write_incident
 from recover.inventory import base_file_name
+from recover.simulate import purge_image
+from tests import clouds
 from tests.glance_api import GlanceApi, create_image
 from tests.helpers import process_env
+from tests.images import digests, make_disks
 from tests.nova_layer import nova_databases, run_nova
 from tests.purge import purge_all, surviving
 from tests.test_faults import stopped, wait_until
@@ -540,3 +545,45 @@ def test_sigterm_after_the_post_removes_what_glance_created(
     assert all(r == [] for r in surviving(api, image.image_id).values())
     assert (checksum_tables(api), store_listing(api)) == (before, listing)
     assert journal_statuses(tmp_path) == ["rolled-back"]
+
+
+def test_legacy_mitaka_schemas(make_db: Any, mariadb_server: Any, tmp_path: Path) -> None:
+    """Mitaka Nova (no nova_api: the copies are the system metadata) and Mitaka Glance
+    (``is_public``, no visibility, no multihash): the row comes back in that shape, and
+    undo restores "no row" exactly."""
+    nova_url = make_db(clouds.LEGACY_NOVA, "pr_l_nova")
+    glance_url = make_db(clouds.LEGACY_GLANCE, "pr_l_glance")
+    store = tmp_path / "store"
+    store.mkdir()
+    original, base = make_disks(tmp_path / "disks", tmp_path / "instances")
+    md5, _sha, size = digests(original)
+    nova, glance = open_database(nova_url, "nova"), open_database(glance_url, "glance")
+    write_incident(nova, glance, store, md5, size)
+    with glance.engine.begin() as conn:
+        purge_image(conn, glance, SNAPSHOT)
+    nova.dispose()
+    glance.dispose()
+    before = mariadb_server.checksum("pr_l_glance")
+    where = ["--nova-db", nova_url, "--glance-db", glance_url, "--store-dir", str(store)]
+
+    result = recover(*where, "image", SNAPSHOT, "--base-file", str(base), "--yes",
+                     "--format", "json")  # fmt: skip
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert sorted(report["recreated"]["guessed"]) == [
+        "container_format", "created_at", "min_disk", "min_ram", "name", "owner", "visibility",
+    ]  # fmt: skip
+    assert report["recreated"]["fields"]["min_disk"]["note"].startswith("unknown: at most 60")
+    assert report["bytes"]["identical"] is None  # no copy kept the original checksum
+    (row,) = mariadb_server.query(
+        "SELECT name, owner, is_public, disk_format, container_format, min_disk, min_ram,"
+        " status, deleted, deleted_at, checksum, size FROM pr_l_glance.images WHERE id = %s",
+        (SNAPSHOT,),
+    )
+    assert row == (None, PROJECT, 0, "qcow2", "bare", 0, 0, "active", 0, None, md5, size)
+    assert (store / SNAPSHOT).is_file()
+
+    undone = recover(*where, "undo", report["journal"], "--yes")
+    assert undone.exit_code == 0, undone.stdout + undone.stderr
+    assert mariadb_server.checksum("pr_l_glance") == before
+    assert not (store / SNAPSHOT).exists()
