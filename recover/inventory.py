@@ -765,6 +765,10 @@ def _image_suggestion(image: ImageOrphan) -> tuple[str | None, str | None]:
             "delete them (openstack server delete) rather than recover the image"
         )
     purged = _purged_note(image)
+    if image.status == "missing" and not UUID_RE.match(image.id):
+        # recover image refuses such an id (recovery.validate_uuid): Nova's image_ref was
+        # edited by hand or by a broken client; no image of Glance's ever had it.
+        return None, "not an image UUID: no Glance image ever had this id"
     if image.status == "missing":
         command, where = _image_suggestion_of_row(image, quoted)
         if not image.request_specs and not image.system_metadata:
