@@ -371,6 +371,7 @@ def test_accept_new_bytes_stores_them_and_says_so_loudly(
     )
     assert report["bytes"] == {
         "identical": False,
+        "compared_with": "images.checksum",
         "new_bytes_accepted": True,
         "overridden": refusals,
         "original": {"checksum": old_md5, "size": old_size, "virtual_size": 64 << 20},

@@ -57,10 +57,12 @@ def grants(user: str, nova: list[str], api: list[str], glance: list[str]) -> lis
         ]
     for db in glance:
         statements += [f"GRANT UPDATE ON `{db}`.`images` TO {user}"]
-        statements += [f"GRANT INSERT, UPDATE, DELETE ON `{db}`.`image_locations` TO {user}"]
         statements += [
-            f"GRANT UPDATE ON `{db}`.`{t}` TO {user}"
-            for t in ("image_properties", "image_tags", "image_members")
+            f"GRANT INSERT, UPDATE, DELETE ON `{db}`.`{t}` TO {user}"
+            for t in ("image_locations", "image_properties")
+        ]
+        statements += [
+            f"GRANT UPDATE ON `{db}`.`{t}` TO {user}" for t in ("image_tags", "image_members")
         ]
     return statements
 

@@ -144,6 +144,7 @@ SCENARIOS: dict[str, tuple[dict[str, str], Users, str]] = {
     "rec_max_rows": (SMALL_PROPS, ONE, "max_rows"),
     "rec_control": (SMALL_PROPS, ONE, "all"),
     "rec_stale": (SMALL_PROPS, ONE, "none"),
+    "rec_new": (SMALL_PROPS, ONE, "all"),
     **{f"rec_only_{t}": (SMALL_PROPS, ONE, t) for t in CHILD_TABLES},
 }
 
@@ -449,12 +450,15 @@ def test_full_purge_recovered_with_the_properties_nova_booted_with(
         "base_image_ref", "container_format", "disk_format", "hw_cdrom_bus", "hw_input_bus",
         "hw_machine_type", "hw_pointer_model", "hw_video_model", "min_disk", "min_ram",
     ]  # fmt: skip
-    assert report["bytes"]["identical"] is True
+    assert (report["bytes"]["identical"], report["bytes"]["compared_with"]) == (
+        True, "images.checksum",
+    )  # fmt: skip
     assert all(check["ok"] for check in report["verify"]), report["verify"]
     notes = report["notes"]
     assert "7 purged properties rebuilt from Nova's copies (glance-manage db purge removed the " \
         "rows):" in notes  # fmt: skip
     assert f"property build_note = {cut} from {both} (GUESSED: {TRUNCATED_NOTE})" in notes
+    assert "the new file is the original upload, byte for byte (md5 = the row's checksum)" in notes
     for what in ("tags", "members"):
         assert (
             f"{what}: no row left in Glance (purged, or there were none) and Nova keeps no copy "
@@ -515,6 +519,30 @@ def test_a_live_row_that_kept_its_deleted_at_is_cleared(world: World, tmp_path: 
     purge(world.glance, images=[booted.id])
     purge_images_table(world.glance, images=[booted.id])
     assert live_rows(world, booted.id) == rows
+
+
+def test_new_bytes_said_new_against_the_request_specs_checksum(
+    world: World, tmp_path: Path
+) -> None:
+    """Bytes that are not the upload are reported NEW, compared with the md5 the request spec
+    kept when the row has none (what a re-created row starts from)."""
+    booted = world.images["rec_new"]
+    spec = f"request_spec of {booted.instances[0]['uuid']}"
+    world.glance.query("UPDATE images SET checksum = NULL WHERE id = %s", (booted.id,))
+    other = tmp_path / "other"
+    other.write_bytes(random.Random(999).randbytes(len(booted.data)))
+    new_md5 = hashlib.md5(other.read_bytes()).hexdigest()
+    report = applied(recover(world, "rec_new", "--base-file", str(other), "--accept-new-bytes",
+                             "--yes", "--format", "json"))  # fmt: skip
+    assert (report["bytes"]["identical"], report["bytes"]["compared_with"]) == (False, spec)
+    assert report["bytes"]["new"]["checksum"] == new_md5
+    assert (
+        f"the new file's bytes are NEW, not the original upload's: md5 {new_md5} (was "
+        f"{booted.md5} in the {spec}), size {len(booted.data)} (was {len(booted.data)})"
+    ) in report["notes"]
+    show = dict(world.glance.client().images.get(booted.id))
+    assert (show["checksum"], show["os_distro"]) == (new_md5, "debian")
+    assert download(world.glance.client(), booted.id) == other.read_bytes()
 
 
 def test_disagreeing_instances_refused_then_from_instance(
@@ -588,6 +616,13 @@ def test_dry_run_shows_the_sql_and_changes_nothing(
     show = dict(world.glance.client().images.get(booted.id))
     assert {k: show.get(k) for k in SMALL_PROPS} == SMALL_PROPS
     assert (show["tags"], show["visibility"]) == (["pp-tag"], "shared")
+    # undo: the inserted property rows go, the revived ones are deleted again, the file too.
+    undone = CliRunner().invoke(cli, ["--glance-db", world.glance.db_url, "--store-dir",
+                                      str(world.glance.store_dir), "undo", report["journal"],
+                                      "--yes"])  # fmt: skip
+    assert undone.exit_code == 0, (undone.stdout, undone.stderr)
+    assert mariadb_server.checksum(world.glance.db_name) == before
+    assert sorted(world.glance.store_dir.iterdir()) == files
 
 
 @pytest.mark.parametrize("table", CHILD_TABLES)

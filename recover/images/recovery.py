@@ -243,12 +243,23 @@ class ImageRecovery:
                     "is given",
                     hint="pass --nova-api-db URL (or --nova-db URL, or --nova-conf)",
                 )
+            if not self._child_rows()["image_properties"]:
+                self.metadata_notes.append(
+                    "no property row left in Glance (purged, or there were none); with the "
+                    "Nova databases (--nova-api-db or --nova-db) recover rebuilds purged "
+                    "properties from Nova's copies"
+                )
             return
         copies = self.copies = (
             self.recreated.copies
             if self.recreated is not None
             else read_copies(settings, self.image_id, from_instance=request.from_instance)
         )
+        spec_md5 = copies.core.get("checksum")
+        if self.rules.original is None and spec_md5 is not None:
+            # The row lost its checksum (or never had one): the request spec kept the
+            # original upload's, so the report can still say whether the bytes are the same.
+            self.rules.original = (str(spec_md5.value), spec_md5.source)
         rows = self._child_rows()
         names = {r["name"]: r for r in rows["image_properties"]}
         anchor = self.row["deleted_at"]
@@ -343,15 +354,19 @@ class ImageRecovery:
                 f"a file whose size is not {row.get('size')} or whose md5 is not "
                 f"{row.get('checksum')}"
             )
-        if isinstance(new_data, NewData) and row.get("checksum"):
-            if row["checksum"] == new_data.digests.md5:
+        original = self.rules.original
+        if isinstance(new_data, NewData) and original is not None:
+            md5, source = original
+            said = "the row's checksum" if source == "images.checksum" else f"the {source}"
+            if md5 == new_data.digests.md5:
                 plan.notes.append(
-                    "the new file is the original upload, byte for byte (md5 = the row's checksum)"
+                    f"the new file is the original upload, byte for byte (md5 = {said})"
                 )
             else:
+                was = md5 if source == "images.checksum" else f"{md5} in {said}"
                 plan.notes.append(
                     f"the new file's bytes are NEW, not the original upload's: md5 "
-                    f"{new_data.digests.md5} (was {row['checksum']}), size "
+                    f"{new_data.digests.md5} (was {was}), size "
                     f"{new_data.digests.size} (was {row.get('size')})"
                 )
         plan.notes += [
@@ -377,6 +392,11 @@ class ImageRecovery:
             plan.notes += survivor.notes
             outcome = store.commit(plan, go)
             self.new_digests = store.digests
+            outcome.extra["bytes"] = (
+                self.rules.bytes_report(survivor.new_data)
+                if survivor.new_data is not None
+                else self.rules.unchanged_report()
+            )
             outcome.extra.update(self.metadata_report(plan))
             return outcome
         source = self._source()

@@ -35,6 +35,11 @@ class ImageRules:
         self.accept_new_bytes = accept_new_bytes
         #: Refusals --accept-new-bytes turned into warnings.
         self.overridden: list[str] = []
+        #: The original upload's md5 and where it comes from: the row's checksum, else the
+        #: request spec's copy of it (recover.images.nova_copies); None when neither has one.
+        self.original: tuple[str, str] | None = (
+            (str(row["checksum"]), "images.checksum") if row.get("checksum") else None
+        )
 
     def check_info(self, info: qemu.ImageInfo, where: str) -> qemu.ImageInfo:
         """Refuse data that is not a whole image of this image's virtual size."""
@@ -100,6 +105,19 @@ class ImageRules:
                 "so this copy is partial or damaged"
             )
 
+    def unchanged_report(self) -> dict[str, Any]:
+        """:meth:`bytes_report` when the store still holds the original data (un-delete)."""
+        row = self.row
+        original = {k: row.get(k) for k in ("checksum", "size", "virtual_size")}
+        return {
+            "identical": True,
+            "compared_with": "the data left in the store (un-deleted, hashes unchanged)",
+            "new_bytes_accepted": False,
+            "overridden": [],
+            "original": original,
+            "new": original,
+        }
+
     def refuse_or_accept(self, message: str) -> None:
         if not self.accept_new_bytes:
             raise RefusedError(message, hint=NEW_BYTES_HINT)
@@ -124,7 +142,9 @@ class ImageRules:
         """Whether the new file is the original upload, with both sets of values (the report)."""
         row, found = self.row, new_data.digests
         return {
-            "identical": row["checksum"] == found.md5 if row.get("checksum") else None,
+            # md5 equal to the original upload's: the bytes are the original, else NEW.
+            "identical": None if self.original is None else self.original[0] == found.md5,
+            "compared_with": None if self.original is None else self.original[1],
             "new_bytes_accepted": bool(self.overridden),
             "overridden": list(self.overridden),
             "original": {
