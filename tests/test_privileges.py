@@ -56,14 +56,11 @@ def grants(user: str, nova: list[str], api: list[str], glance: list[str]) -> lis
             for t in ("flavors", "flavor_extra_specs", "flavor_projects")
         ]
     for db in glance:
-        statements += [f"GRANT UPDATE ON `{db}`.`images` TO {user}"]
         statements += [
             f"GRANT INSERT, UPDATE, DELETE ON `{db}`.`{t}` TO {user}"
-            for t in ("image_locations", "image_properties")
+            for t in ("images", "image_locations", "image_properties", "image_members")
         ]
-        statements += [
-            f"GRANT UPDATE ON `{db}`.`{t}` TO {user}" for t in ("image_tags", "image_members")
-        ]
+        statements += [f"GRANT UPDATE ON `{db}`.`image_tags` TO {user}"]
     return statements
 
 
@@ -184,6 +181,20 @@ def test_least_privilege_account_does_the_whole_job(
     undone = seen.add(run_recover(world, [*args, "undo", str(journal), "--yes"]))
     assert undone.returncode == 0, undone.stderr
     assert mariadb_server.checksum("p_glance") == no_location
+
+    # A purged images row: re-created from Nova's copies (INSERT), undone (DELETE).
+    for table in ("image_locations", "image_properties", "image_tags", "image_members"):
+        mariadb_server.query(f"DELETE FROM p_glance.{table} WHERE image_id = %s", (SNAPSHOT,))
+    mariadb_server.query("DELETE FROM p_glance.images WHERE id = %s", (SNAPSHOT,))
+    purged = mariadb_server.checksum("p_glance")
+    image = seen.add(run_recover(world, [*args, "image", SNAPSHOT, "--base-file", str(world.base),
+                                         "--disk-format", "qcow2", "--yes"]))  # fmt: skip
+    assert image.returncode == 0, image.stderr
+    assert "insert 1 row(s) in images" in image.stdout
+    (journal,) = sorted(world.journal_dir.glob("*-image-*.json"))[-1:]
+    undone = seen.add(run_recover(world, [*args, "undo", str(journal), "--yes"]))
+    assert undone.returncode == 0, undone.stderr
+    assert mariadb_server.checksum("p_glance") == purged
     assert_secret_nowhere(PASSWORD, seen, world.state, world.root / "home", world.root / "tmp")
 
 
