@@ -203,6 +203,7 @@ def test_purged_row_recreated_from_the_base_file_and_served(
     }
     assert report["dropped_properties"]["base_image_ref"].startswith("Nova's own")
     assert report["bytes"]["identical"] is True
+    assert report["bytes"]["compared_with"].startswith("request_spec of ")
     assert all(c["ok"] for c in report["verify"]), report["verify"]
 
     row = expect_recreated(api, image)

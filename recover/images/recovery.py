@@ -119,6 +119,10 @@ class ImageRecovery:
         self.target_format = self._target_format()
         self.algo = self.row.get("os_hash_algo") or settings.hashing_algorithm or DEFAULT_ALGO
         self.rules = ImageRules(self.image_id, self.row, request.accept_new_bytes)
+        if self.recreated is not None and "checksum" in self.recreated.fields:
+            # The re-created row's checksum is the request spec's copy: say so in the report.
+            spec_md5 = self.recreated.fields["checksum"]
+            self.rules.original = (str(spec_md5.value), spec_md5.source)
         files = FilesystemStore(settings, self.image_id, self.row, self.rules, self.algo,
                                 reformat=bool(request.disk_format))  # fmt: skip
         self.store: ImageStore = files
