@@ -206,6 +206,12 @@ class GlanceApiCreateStore(GlanceApiStore):
         disk_format = str(first.get("disk_format"))
         size = new_data.digests.size if new_data is not None else None
         plan.notes += [f"API: {line}" for line in self.requests(disk_format, size)]
+        original = self.made.fields.get("created_at")
+        if original is not None and not original.guessed:
+            plan.notes.append(
+                f"created_at becomes Glance's now, not the original {original.value}: read-only "
+                "in the API (glance/api/v2/images.py RequestDeserializer.create)"
+            )
         plan.subject = {**plan.subject, "via_api": True}
         if staged is None or new_data is None:
             lines = [
