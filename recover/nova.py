@@ -7,7 +7,7 @@ interesting ids passed as an expanding ``IN`` list, never one per instance.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -516,32 +516,27 @@ class CellReader:
         """Those of ``uuids`` with at least one live ``image_*`` sysmeta row besides the
         ``image_base_image_ref`` Nova adds itself: a copy of the image's metadata (the
         inventory: one statement per batch, whatever the number of images)."""
-        wanted = sorted(set(uuids))
-        if not wanted or not self.db.has_table("instance_system_metadata"):
-            return set()
-        sm = self.db.table("instance_system_metadata")
-        found: set[str] = set()
-        for batch in chunks(wanted):
-            found |= {
-                r[0]
-                for r in conn.execute(
-                    select(sm.c.instance_uuid)
-                    .where(
-                        sm.c.instance_uuid.in_(batch),
-                        sm.c.deleted == 0,
-                        sm.c.key.startswith(IMAGE_PREFIX, autoescape=True),
-                        sm.c.key != BASE_IMAGE_REF_KEY,
-                    )
-                    .group_by(sm.c.instance_uuid)
-                )
-            }
-        return found
+        return self._sysmeta_uuids(
+            conn,
+            uuids,
+            lambda sm: (
+                sm.c.deleted == 0,
+                sm.c.key.startswith(IMAGE_PREFIX, autoescape=True),
+                sm.c.key != BASE_IMAGE_REF_KEY,
+            ),
+        )
 
     def sysmeta_flavor_uuids(self, conn: Connection, uuids: Iterable[str]) -> set[str]:
         """Those of ``uuids`` with a legacy ``instance_type_id`` sysmeta row (deleted or not).
 
         :meth:`sysmeta_flavor_instances` for known instances, by the indexed uuid.
         """
+        return self._sysmeta_uuids(conn, uuids, lambda sm: (sm.c.key == "instance_type_id",))
+
+    def _sysmeta_uuids(
+        self, conn: Connection, uuids: Iterable[str], where: Callable[[Any], tuple[Any, ...]]
+    ) -> set[str]:
+        """Those of ``uuids`` with an ``instance_system_metadata`` row matching ``where``."""
         wanted = sorted(set(uuids))
         if not wanted or not self.db.has_table("instance_system_metadata"):
             return set()
@@ -552,7 +547,7 @@ class CellReader:
                 r[0]
                 for r in conn.execute(
                     select(sm.c.instance_uuid)
-                    .where(sm.c.instance_uuid.in_(batch), sm.c.key == "instance_type_id")
+                    .where(sm.c.instance_uuid.in_(batch), *where(sm))
                     .group_by(sm.c.instance_uuid)
                 )
             }

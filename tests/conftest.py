@@ -605,6 +605,16 @@ def glance_api_venv() -> Path:
     return venv
 
 
+def _synced_glance(
+    server: MariaDBServer, venv: Path, tmp_path_factory: pytest.TempPathFactory, db: str
+) -> GlanceApi:
+    """A Glance API on database ``db``, dropped, created ``CHARACTER SET utf8`` and synced."""
+    server.query(f"DROP DATABASE IF EXISTS `{db}`")
+    server.query(f"CREATE DATABASE `{db}` CHARACTER SET utf8")
+    directory = tmp_path_factory.mktemp(db.replace("_", "-"))
+    return start_glance(directory, venv, server, db, sync=True)
+
+
 @pytest.fixture(scope="session")
 def glance_api(
     glance_api_venv: Path,
@@ -620,12 +630,7 @@ def glance_api(
     ``.store_dir``, ``.conf_path``, ``.client()``, ``.query(sql)``,
     ``.log_tail()``. The database persists across tests: create fresh images.
     """
-    mariadb_server.query(f"DROP DATABASE IF EXISTS `{GLANCE_API_DB}`")
-    mariadb_server.query(f"CREATE DATABASE `{GLANCE_API_DB}` CHARACTER SET utf8")
-    api = start_glance(
-        tmp_path_factory.mktemp("glance-api"), glance_api_venv, mariadb_server, GLANCE_API_DB,
-        sync=True,
-    )  # fmt: skip
+    api = _synced_glance(mariadb_server, glance_api_venv, tmp_path_factory, GLANCE_API_DB)
     sys.stderr.write(
         f"\nglance_api {api.endpoint}: db_sync {api.sync_seconds:.2f} s,"
         f" gunicorn up in {api.startup_seconds:.2f} s\n"
@@ -818,12 +823,7 @@ def glance_purge(
     For the tests that run the real ``glance-manage db purge`` / ``purge_images_table``
     (tests/purge.py): a purge selects on ``deleted_at`` across the whole database.
     """
-    mariadb_server.query(f"DROP DATABASE IF EXISTS `{GLANCE_PURGE_DB}`")
-    mariadb_server.query(f"CREATE DATABASE `{GLANCE_PURGE_DB}` CHARACTER SET utf8")
-    api = start_glance(
-        tmp_path_factory.mktemp("glance-purge"), glance_api_venv, mariadb_server,
-        GLANCE_PURGE_DB, sync=True,
-    )  # fmt: skip
+    api = _synced_glance(mariadb_server, glance_api_venv, tmp_path_factory, GLANCE_PURGE_DB)
     try:
         yield api
     finally:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import pymysql
 from port_for import get_port
 
-from tests.helpers import REPO_ROOT, cached_venv, log_tails
+from tests.helpers import REPO_ROOT, cached_venv, log_tails, venv_imports
 
 if TYPE_CHECKING:
     from glanceclient.v2.client import Client
@@ -53,16 +53,9 @@ GUNICORN_OPTIONS = ("-w", "1", "-k", "gthread", "--threads", "8", "--timeout", "
 
 
 def _glance_works(python: Path) -> bool:
-    if not python.exists():
-        return False
-    probe = subprocess.run(
-        # Not glance.wsgi.api: importing it builds the app, which reads the config.
-        [str(python), "-c", "import glance.common.wsgi_app, gunicorn, pymysql"],
-        capture_output=True,
-        check=False,
-    )
     return (
-        probe.returncode == 0
+        # Not glance.wsgi.api: importing it builds the app, which reads the config.
+        venv_imports(python, "import glance.common.wsgi_app, gunicorn, pymysql")
         and (python.parent / "gunicorn").exists()
         and (python.parent / "glance-manage").exists()
     )

@@ -120,6 +120,14 @@ def give_up(message: str) -> None:
     pytest.skip(message)
 
 
+def venv_imports(python: Path, statement: str) -> bool:
+    """Whether the venv of ``python`` exists and runs ``statement`` (its import probe)."""
+    if not python.exists():
+        return False
+    probe = subprocess.run([str(python), "-c", statement], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
 def cached_venv(
     venv: Path,
     requirements: Sequence[str],

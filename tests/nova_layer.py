@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.helpers import REPO_ROOT, cached_venv
+from tests.helpers import REPO_ROOT, cached_venv, venv_imports
 
 if TYPE_CHECKING:
     from tests.conftest import DatabaseFactory, MariaDBServer
@@ -33,14 +33,7 @@ CELL1_UUID = "8a1b7c3e-2f4d-4e6a-9b5c-1d2e3f4a5b6c"
 
 
 def _nova_works(python: Path) -> bool:
-    if not python.exists():
-        return False
-    probe = subprocess.run(
-        [str(python), "-c", "import nova.config, nova.objects, pymysql"],
-        capture_output=True,
-        check=False,
-    )
-    return probe.returncode == 0
+    return venv_imports(python, "import nova.config, nova.objects, pymysql")
 
 
 def nova_venv() -> tuple[Path, float | None]:
