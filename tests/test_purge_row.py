@@ -410,6 +410,7 @@ def test_refused_when_the_id_was_taken_meanwhile(
     assert result.exit_code == 1
     assert result.stderr.startswith(f"Error: image {image.image_id} is 'queued', not deleted")
     assert (checksum_tables(api), store_listing(api)) == (before, listing)
+    api.client().images.delete(image.image_id)  # the squatter goes: other tests share the db
 
 
 # --- the inventory's command ----------------------------------------------------------------
