@@ -74,13 +74,14 @@ class Purged:
 def purged_image(
     api: GlanceApi, nova_python: str, nova_urls: tuple[str, str], tmp_path: Path, seed: int,
     users: list[tuple[str, str]], *, boot: bool = True, disk_format: str = "qcow2",
-    copies: bool = True,
+    copies: bool = True, edits: dict[str, dict[str, str]] | None = None,
 ) -> Purged:  # fmt: skip
     """An image created and deleted through the API, booted by ``users`` ((uuid, project))
     through the nova object layer, then purged whole by the real glance-manage. ``raw`` is
     the _base file Nova made of it (a raw image's _base is the upload itself). ``copies``
     False: the instances name it (image_ref) but hold no copy of its metadata (no image_*
-    system metadata, no request spec), like instances from before Nova kept them."""
+    system metadata, no request spec), like instances from before Nova kept them. ``edits``:
+    uuid -> sysmeta set on that instance after the boot (``nova-manage image_property set``)."""
     raw = make_raw(tmp_path / f"guest-{seed}.raw", seed)
     original = (
         to_qcow2(raw, tmp_path / f"guest-{seed}.qcow2").read_bytes()
@@ -97,7 +98,8 @@ def purged_image(
             "flavors": [FLAVOR], "image_schema": schema,
             "instances": [{"uuid": u, "project_id": p, "flavorid": FLAVOR["flavorid"],
                            "host": "compute-1",
-                           **({"image": shown} if copies else {"image_ref": image_id})}
+                           **({"image": shown} if copies else {"image_ref": image_id}),
+                           **({"sysmeta_set": (edits or {})[u]} if u in (edits or {}) else {})}
                           for u, p in users],
         }  # fmt: skip
         run_nova(nova_python, "create", *nova_urls, "--spec", json.dumps(spec, default=str))
@@ -353,6 +355,31 @@ def test_no_copy_in_nova_every_field_guessed(
         "min_ram": 0, "min_disk": 0, "visibility": "private", "status": "active",
     }  # fmt: skip
     assert live_properties(api, image.image_id) == {}
+    assert_served(api, image.image_id, image.original)
+
+
+def test_disagreeing_instances_refused_unless_from_instance(
+    glance_purge: GlanceApi, nova_python: str, nova_urls: tuple[str, str], tmp_path: Path
+) -> None:
+    api = glance_purge
+    edited = USERS[1][0]
+    image = purged_image(api, nova_python, nova_urls, tmp_path, 61, USERS,
+                         edits={edited: {"image_hw_disk_bus": "ide"}})  # fmt: skip
+    before, listing = checksum_tables(api), store_listing(api)
+    refused = recover(*args(api, nova_urls, "image", image.image_id, "--base-file",
+                            str(image.raw), "--yes"))  # fmt: skip
+    assert refused.exit_code == 1
+    assert refused.stderr == (
+        f"Error: the instances of image {image.image_id} disagree about property "
+        f"'hw_disk_bus': 'scsi' on {USERS[0][0]}; 'ide' on {edited}; pick the instance whose "
+        f"copy to trust: --from-instance {USERS[0][0]}\n"
+    )
+    assert (checksum_tables(api), store_listing(api)) == (before, listing)
+
+    result = recover(*args(api, nova_urls, "image", image.image_id, "--base-file",
+                           str(image.raw), "--from-instance", edited, "--yes"))  # fmt: skip
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert live_properties(api, image.image_id) == {**PROPS, "hw_disk_bus": "ide"}
     assert_served(api, image.image_id, image.original)
 
 
