@@ -523,6 +523,13 @@ def test_kill_at_each_phase_then_undo_restores_no_row(
     elif state == "queued":
         assert [(r["status"], r["deleted"]) for r in rows["images"]] == [("queued", 0)]
         assert not placed.exists()
+        # A re-run names the way out instead of touching the image the killed run created.
+        rerun = run_process(api, nova_urls, tmp_path, argv, None)
+        assert rerun.returncode == 1
+        assert rerun.stderr.endswith(
+            "a `recover image --via-api` killed before its upload leaves the image it created "
+            "queued: `recover undo` that run's journal, then re-run\n"
+        ), rerun.stderr
     else:
         assert [(r["status"], r["deleted"]) for r in rows["images"]] == [("active", 0)]
         assert download(api.client(), image.image_id) == image.original

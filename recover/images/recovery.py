@@ -171,7 +171,13 @@ class ImageRecovery:
             raise RefusedError(
                 f"image {self.image_id} is {row['status']!r}, "
                 "not deleted, pending_delete or killed",
-                hint="recover only brings back deleted or failed images",
+                hint="recover only brings back deleted or failed images"
+                + (
+                    "; a `recover image --via-api` killed before its upload leaves the image it "
+                    "created queued: `recover undo` that run's journal, then re-run"
+                    if row["status"] == "queued"
+                    else ""
+                ),
             )
         return row
 
