@@ -195,10 +195,12 @@ def plan_undo(settings: Settings, path: Path) -> Plan:
         "id": recorded.subject.get("id"),
         "journal": str(path),  # a refusal names the journal being undone
     }
-    if document.get("status") in ("applying", "rolled-back") and recorded.subject.get("via_api"):
+    if document.get("status") in ("applying", "rolled-back") and recorded.subject.get(
+        "created_through_api"
+    ):
         # A re-creation through the Glance API killed before it recorded what Glance wrote:
         # the rows Glance created since the journal are removed, file included.
-        inverse.changes, inverse.files = _created_through_api(settings, db, recorded, document)
+        inverse.changes, inverse.files = _created_through_api(db, recorded, document, path)
     elif document.get("status") in ("applying", "rolled-back"):
         # The run died (or failed) before its commit: perhaps nothing happened in the database.
         with db.engine.connect() as conn:
@@ -220,13 +222,18 @@ def plan_undo(settings: Settings, path: Path) -> Plan:
 
 
 def _created_through_api(
-    settings: Settings, db: Database, recorded: Plan, document: dict[str, Any]
+    db: Database, recorded: Plan, document: dict[str, Any], path: Path
 ) -> tuple[list[RowChange], list[dict[str, Any]]]:
     """The rows and the store file of a ``--via-api`` re-creation that never recorded them."""
     from recover.images.recreate import created_since
 
     image_id = str(recorded.subject.get("id", ""))
-    written = datetime.fromisoformat(str(document.get("written_at")))
+    try:
+        written = datetime.fromisoformat(str(document.get("written_at")))
+    except ValueError:
+        raise RecoverError(
+            f"journal {path} is damaged: no written_at", hint="nothing was changed"
+        ) from None
     since = written.astimezone(timezone.utc).replace(tzinfo=None)
     rows = created_since(db, image_id, since)
     files = []

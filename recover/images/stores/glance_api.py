@@ -212,7 +212,7 @@ class GlanceApiCreateStore(GlanceApiStore):
                 f"created_at becomes Glance's now, not the original {original.value}: read-only "
                 "in the API (glance/api/v2/images.py RequestDeserializer.create)"
             )
-        plan.subject = {**plan.subject, "via_api": True}
+        plan.subject = {**plan.subject, "created_through_api": True}
         if staged is None or new_data is None:
             lines = [
                 plan.title,
