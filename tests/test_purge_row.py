@@ -383,6 +383,31 @@ def test_disagreeing_instances_refused_unless_from_instance(
     assert_served(api, image.image_id, image.original)
 
 
+def test_purged_row_whose_file_the_store_still_holds(
+    glance_purge: GlanceApi, nova_python: str, nova_urls: tuple[str, str], tmp_path: Path
+) -> None:
+    """The store still has the file (``delayed_delete`` and no scrubber run yet: the file is
+    put back as the scrubber would have left it): no source is needed, the file is kept as
+    it is, and the row takes its hashes (the request spec kept no multihash)."""
+    api = glance_purge
+    image = purged_image(api, nova_python, nova_urls, tmp_path, 62, USERS)
+    placed = api.store_dir / image.image_id
+    placed.write_bytes(image.original)
+    inode = placed.stat().st_ino
+    result = recover(*args(api, nova_urls, "image", image.image_id, "--yes", "--format",
+                           "json"))  # fmt: skip
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["notes"][0].startswith(f"the store still holds {placed}: un-delete only")
+    assert report["bytes"]["identical"] is True
+    assert placed.stat().st_ino == inode
+    row = expect_recreated(api, image)
+    assert (row["os_hash_algo"], row["os_hash_value"]) == (
+        "sha512", hashlib.sha512(image.original).hexdigest(),
+    )  # fmt: skip
+    assert_served(api, image.image_id, image.original)
+
+
 # --- refusals and dry-runs change nothing ---------------------------------------------------
 
 

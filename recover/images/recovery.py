@@ -398,13 +398,18 @@ class ImageRecovery:
         store = self.store
         survivor = store.survivor()
         if survivor is not None:
-            plan = self.plan(survivor.new_data, survivor.action)
+            new_data = survivor.new_data
+            if new_data is None and self.recreated is not None and store.digests is not None:
+                # A re-created row: the request spec kept checksum and size, not the
+                # multihash; the store's file (which matched them) gives all of them.
+                new_data = NewData(store.digests, None, self.row["disk_format"])
+            plan = self.plan(new_data, survivor.action)
             plan.notes += survivor.notes
             outcome = store.commit(plan, go)
             self.new_digests = store.digests
             outcome.extra["bytes"] = (
-                self.rules.bytes_report(survivor.new_data)
-                if survivor.new_data is not None
+                self.rules.bytes_report(new_data)
+                if new_data is not None
                 else self.rules.unchanged_report()
             )
             outcome.extra.update(self.metadata_report(plan))
