@@ -441,6 +441,8 @@ def test_dry_run_changes_nothing(
                            str(image.raw), "--dry-run"))  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert "INSERT INTO images (id, name," in result.stdout
+    assert result.stdout.splitlines()[2].endswith("; a new images row, active")
+    assert "-- members: none (visibility private)\n" in result.stdout
     assert "GUESSED: visibility=private" in result.stdout  # one project runs it: no member
     assert result.stdout.rstrip().endswith("ROLLBACK;")
     assert (checksum_tables(api), store_listing(api)) == (before, listing)

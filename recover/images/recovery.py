@@ -291,8 +291,8 @@ class ImageRecovery:
             raise error
         self.dropped = {k: v for k, v in copies.dropped.items() if k not in names}
         for table, what in (("image_tags", "tags"), ("image_members", "members")):
-            if table == "image_members" and self.recreated and self.recreated.members:
-                continue  # the projects that run it become its members (recreate.py)
+            if table == "image_members" and self.recreated is not None:
+                continue  # the projects that run it become its members: recreate.py says so
             if not rows[table]:
                 self.metadata_notes.append(
                     f"{what}: no row left in Glance (purged, or there were none) and Nova keeps "

@@ -228,8 +228,10 @@ def finish_plan(plan: Plan, glance: GlanceReader, made: Recreated, now: datetime
     plan.changes = changes
     plan.title = f"re-create purged image {made.image_id} ({_shown(after.get('name'))})"
     plan.subject = {**plan.subject, "recreated": made.report()}
+    # image_plan's first line ends "; image row back to <status>": there was no row.
+    action = plan.notes[0].rsplit("; image row back to ", 1)
     plan.notes = [
-        *plan.notes[:1],
+        f"{action[0]}; a new images row, {after['status']}",
         f"the images row was purged: a new row from Nova's copies of instances "
         f"{', '.join(made.copies.instances)}, deleted=0, deleted_at=NULL (a purge selects on "
         "deleted_at)",
