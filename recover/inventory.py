@@ -766,9 +766,9 @@ def _image_suggestion(image: ImageOrphan) -> tuple[str | None, str | None]:
         )
     purged = _purged_note(image)
     if image.status == "missing" and not UUID_RE.match(image.id):
-        # recover image refuses such an id (recovery.validate_uuid): Nova's image_ref was
-        # edited by hand or by a broken client; no image of Glance's ever had it.
-        return None, "not an image UUID: no Glance image ever had this id"
+        # Glance accepts only a UUID as the id of an image it creates (glance 33 images
+        # schema, id pattern): a reference that is none cannot come back under itself.
+        return None, "the images row was purged, and the reference is no image UUID"
     if image.status == "missing":
         command, where = _image_suggestion_of_row(image, quoted)
         if not image.request_specs and not image.system_metadata:

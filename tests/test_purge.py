@@ -145,6 +145,7 @@ SCENARIOS: dict[str, tuple[dict[str, str], Users, str]] = {
     "rec_control": (SMALL_PROPS, ONE, "all"),
     "rec_stale": (SMALL_PROPS, ONE, "none"),
     "rec_new": (SMALL_PROPS, ONE, "all"),
+    "rec_removed": ({**SMALL_PROPS, "os_version": "12"}, ONE, "image_tags"),
     **{f"rec_only_{t}": (SMALL_PROPS, ONE, t) for t in CHILD_TABLES},
 }
 
@@ -174,8 +175,19 @@ def world(
     api_url, cell_url = nova_databases(db_factory, mariadb_server, "pp_api", "pp_cell1")
     spec = {"flavors": [FLAVOR], "instances": instances, "image_schema": schema}
     run_nova(nova_python, "create", api_url, cell_url, "--spec", json.dumps(spec))
+    # After the boot, a property removed from the image (PATCH remove: its row soft-deleted).
+    client.images.update(images["rec_removed"].id, remove_props=["os_version"])
     for booted in images.values():
         client.images.delete(booted.id)
+    # Glance 33's delete re-stamps that row too (ImageRepo.remove -> image_update(purge_props=
+    # True): _set_properties_for_image deletes every row not in the new set, deleted ones
+    # included); a row that kept the date of its removal, 40 days before, is what older
+    # releases and hand cleanups leave.
+    glance_purge.query(
+        "UPDATE image_properties SET deleted_at = deleted_at - INTERVAL 40 DAY "
+        "WHERE image_id = %s AND name = 'os_version'",
+        (images["rec_removed"].id,),
+    )
     kinds: dict[str, list[str]] = {}
     for name, (_props, _users, kind) in SCENARIOS.items():
         kinds.setdefault(kind, []).append(images[name].id)
@@ -459,6 +471,11 @@ def test_full_purge_recovered_with_the_properties_nova_booted_with(
         "rows):" in notes  # fmt: skip
     assert f"property build_note = {cut} from {both} (GUESSED: {TRUNCATED_NOTE})" in notes
     assert "the new file is the original upload, byte for byte (md5 = the row's checksum)" in notes
+    assert (
+        "left out as Nova's own, not the image's: base_image_ref, hw_cdrom_bus, hw_input_bus, "
+        "hw_machine_type, hw_pointer_model, hw_video_model (--format json: dropped_properties, "
+        "with the reason for each)"
+    ) in notes
     for what in ("tags", "members"):
         assert (
             f"{what}: no row left in Glance (purged, or there were none) and Nova keeps no copy "
@@ -543,6 +560,27 @@ def test_new_bytes_said_new_against_the_request_specs_checksum(
     show = dict(world.glance.client().images.get(booted.id))
     assert (show["checksum"], show["os_distro"]) == (new_md5, "debian")
     assert download(world.glance.client(), booted.id) == other.read_bytes()
+
+
+def test_a_property_removed_before_the_delete_stays_removed(world: World, tmp_path: Path) -> None:
+    """Nova's copy is from boot time; Glance's soft-deleted row says it was removed since."""
+    booted = world.images["rec_removed"]
+    (row,) = [
+        r for r in surviving(world.glance, booted.id)["image_properties"]
+        if r["name"] == "os_version"
+    ]  # fmt: skip
+    copies = world.copies("rec_removed")
+    assert copies.properties["os_version"].value == "12"
+    report = applied(recover(world, "rec_removed", "--base-file", base_file(tmp_path, booted),
+                             "--yes", "--format", "json"))  # fmt: skip
+    assert sorted(report["properties"]) == sorted(SMALL_PROPS)
+    assert (
+        f"property os_version: Nova's copy 12 not restored: Glance's row {row['id']} was deleted "
+        f"at {row['deleted_at']}, before the image (removed from it)"
+    ) in report["notes"]
+    show = dict(world.glance.client().images.get(booted.id))
+    assert "os_version" not in show
+    assert {k: show[k] for k in SMALL_PROPS} == SMALL_PROPS
 
 
 def test_disagreeing_instances_refused_then_from_instance(

@@ -235,7 +235,9 @@ def build_copies(
             raise RefusedError(
                 f"--from-instance {from_instance[:40]!r} is not a live instance booted from "
                 f"image {image_id} with a copy of its metadata",
-                hint="booted from it: " + (", ".join(booted) or "none"),
+                hint="booted from it: "
+                + (", ".join(booted[:5]) or "none")
+                + (f" and {len(booted) - 5} more" if len(booted) > 5 else ""),
             )
         trusted = [wanted]
     else:

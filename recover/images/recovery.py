@@ -28,7 +28,7 @@ from recover.glance import GlanceReader
 from recover.images import api
 from recover.images.ceph import parse_location
 from recover.images.digest import DEFAULT_ALGO, Digests, Progress
-from recover.images.nova_copies import NovaCopies, Sourced, read_copies
+from recover.images.nova_copies import INHERITABLE, NovaCopies, Sourced, read_copies
 from recover.images.recreate import Recreated, finish_plan, recreated
 from recover.images.rows import (
     PROPERTY_WINDOW,
@@ -279,9 +279,9 @@ class ImageRecovery:
                 self.rebuilt[name] = copy
             elif row["deleted"] and not _deleted_with(row["deleted_at"], anchor):
                 self.metadata_notes.append(
-                    f"property {name}: Nova's copy {printable(str(copy.value))} not restored: "
-                    f"Glance's row {row['id']} was deleted at {row['deleted_at']}, before the "
-                    "image (removed from it)"
+                    f"property {printable(name)}: Nova's copy {printable(str(copy.value))} not "
+                    f"restored: Glance's row {row['id']} was deleted at {row['deleted_at']}, "
+                    "before the image (removed from it)"
                 )
         conflicts = {k: v for k, v in copies.conflicts.items() if k not in names}
         if conflicts:
@@ -290,6 +290,13 @@ class ImageRecovery:
             assert error is not None
             raise error
         self.dropped = {k: v for k, v in copies.dropped.items() if k not in names}
+        own = sorted(k for k in self.dropped if k not in INHERITABLE)
+        if self.rebuilt and own:
+            self.metadata_notes.append(
+                "left out as Nova's own, not the image's: "
+                + ", ".join(printable(k) for k in own)
+                + " (--format json: dropped_properties, with the reason for each)"
+            )
         for table, what in (("image_tags", "tags"), ("image_members", "members")):
             if table == "image_members" and self.recreated is not None:
                 continue  # the projects that run it become its members: recreate.py says so

@@ -249,7 +249,7 @@ def _rebuilt_properties(
         flag = (
             f" (GUESSED: {copy.note})" if copy.guessed else (f" ({copy.note})" if copy.note else "")
         )
-        notes.append(f"property {name} = {printable(value)} from {copy.source}{flag}")
+        notes.append(f"property {printable(name)} = {printable(value)} from {copy.source}{flag}")
     if notes:
         notes.insert(
             0,
