@@ -779,3 +779,34 @@ def test_reader_without_a_request_spec_on_legacy_schemas(
             "no request spec: the project of an instance using it",
         ),
     }  # fmt: skip
+
+
+def test_from_instance_without_nova_is_refused(
+    world: World, tmp_path: Path, mariadb_server: MariaDBServer
+) -> None:
+    booted = world.images["conflict"]
+    before = mariadb_server.checksum(world.glance.db_name)
+    result = CliRunner().invoke(cli, [
+        "--glance-db", world.glance.db_url, "--store-dir", str(world.glance.store_dir),
+        "image", booted.id, "--base-file", base_file(tmp_path, booted),
+        "--from-instance", booted.instances[0]["uuid"], "--yes",
+    ])  # fmt: skip
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == (
+        "Error: --from-instance reads Nova's copies of the image, and no Nova database is "
+        "given; pass --nova-api-db URL (or --nova-db URL, or --nova-conf)\n"
+    )
+    assert mariadb_server.checksum(world.glance.db_name) == before
+    # Without --from-instance a dry-run goes on and says what it cannot rebuild.
+    result = CliRunner().invoke(cli, [
+        "--glance-db", world.glance.db_url, "--store-dir", str(world.glance.store_dir),
+        "image", booted.id, "--base-file", base_file(tmp_path, booted), "--dry-run",
+    ])  # fmt: skip
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert (
+        "-- no property row left in Glance (purged, or there were none); with the Nova "
+        "databases (--nova-api-db or --nova-db) recover rebuilds purged properties from Nova's "
+        "copies\n"
+    ) in result.stdout
+    assert "INSERT INTO image_properties" not in result.stdout
+    assert mariadb_server.checksum(world.glance.db_name) == before

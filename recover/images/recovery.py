@@ -34,6 +34,7 @@ from recover.images.rows import (
     PROPERTY_WINDOW,
     NewData,
     PendingData,
+    child_rows,
     image_plan,
     meta_store,
     restored_status,
@@ -307,16 +308,11 @@ class ImageRecovery:
                 )
 
     def _child_rows(self) -> dict[str, list[dict[str, Any]]]:
-        found: dict[str, list[dict[str, Any]]] = {}
         with self.glance.db.engine.connect() as conn:
-            for table_name in ("image_properties", "image_tags", "image_members"):
-                if not self.glance.db.has_table(table_name):
-                    found[table_name] = []
-                    continue
-                t = self.glance.db.table(table_name)
-                query = select(t).where(t.c.image_id == self.image_id)
-                found[table_name] = [dict(r) for r in conn.execute(query).mappings()]
-        return found
+            return {
+                t: child_rows(conn, self.glance, t, self.image_id)
+                for t in ("image_properties", "image_tags", "image_members")
+            }
 
     def metadata_report(self, plan: Plan) -> dict[str, Any]:
         """The report's ``properties`` (each with its source), what was left out and why."""

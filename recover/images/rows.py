@@ -141,8 +141,7 @@ def image_plan(
             if not db.has_table(table_name):
                 continue
             t = db.table(table_name)
-            query = select(t).where(t.c.image_id == image["id"]).order_by(t.c.id)
-            rows = [dict(r) for r in conn.execute(query).mappings()]
+            rows = child_rows(conn, glance, table_name, image["id"])
             revived = [r for r in rows if r["deleted"] and within(r["deleted_at"], anchor, window)]
             # A live row that kept a deleted_at (Glance revives a re-added property without
             # clearing it, glance 33 _image_property_update) is deleted by the next purge.
@@ -205,6 +204,15 @@ def image_plan(
         notes=notes,
         subject=subject,
     )
+
+
+def child_rows(conn: Any, glance: GlanceReader, table_name: str, image_id: str) -> list[Row]:
+    """Every row of ``table_name`` of the image, live or soft-deleted, by id."""
+    if not glance.db.has_table(table_name):
+        return []
+    t = glance.db.table(table_name)
+    query = select(t).where(t.c.image_id == image_id).order_by(t.c.id)
+    return [dict(r) for r in conn.execute(query).mappings()]
 
 
 def _rebuilt_properties(
