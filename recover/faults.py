@@ -6,7 +6,10 @@ temporary name), ``journaled`` (the journal is on disk, nothing else changed), `
 (image file in place, transaction not committed), ``in-transaction`` (statements executed,
 not committed), ``committed`` (committed, journal not yet marked); on an RBD store, after
 each Ceph step (journal written, transaction open): ``rbd-restore``, ``rbd-import``,
-``rbd-snap-create``, ``rbd-snap-protect``. Unset in production: one dictionary look-up.
+``rbd-snap-create``, ``rbd-snap-protect``; a purged row re-created through the Glance API:
+``api-created`` (``POST /v2/images`` done, nothing uploaded; ``committed`` there is the
+upload done, the journal not yet recording Glance's rows). Unset in production: one
+dictionary look-up.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import signal
 
 ENV = "RECOVER_FAULT_POINT"
 POINTS = ("convert", "staged", "journaled", "placed", "in-transaction", "committed",
-          "rbd-restore", "rbd-import", "rbd-snap-create", "rbd-snap-protect")  # fmt: skip
+          "api-created", "rbd-restore", "rbd-import", "rbd-snap-create",
+          "rbd-snap-protect")  # fmt: skip
 
 
 def point(name: str) -> None:

@@ -990,6 +990,12 @@ def _image_suggestion(image: ImageOrphan) -> tuple[str | None, str | None]:
         return None, "the images row was purged, and the reference is no image UUID"
     if image.status == "missing":
         command, where = _image_suggestion_of_row(image, quoted)
+        if not image.request_specs and not image.system_metadata:
+            # No copy holds its disk_format: recover/images/recreate.py refuses without it.
+            return f"{command} --disk-format FMT", (
+                "the images row was purged and Nova holds no copy of it (no request spec, no "
+                f"image_* system metadata): recover re-creates it with the format given; {where}"
+            )
         return command, (
             f"the images row was purged: recover re-creates it under its own id from Nova's "
             f"copies; {where}"

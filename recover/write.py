@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from recover import faults, journal, signals
 from recover.config import Settings
@@ -20,6 +22,7 @@ from recover.images.digest import hash_file
 from recover.images.store import is_store_file
 from recover.plan import (
     Plan,
+    RowChange,
     apply,
     blocking_references,
     lock_and_check,
@@ -77,14 +80,7 @@ def execute(
     sql = render_sql(plan)
     if dry_run:
         return Outcome("dry-run", plan, sql)
-    if not yes:
-        if confirm is None:
-            raise RefusedError(
-                "refusing to change the database without confirmation",
-                hint="pass --yes, or run on a terminal; --dry-run shows the exact SQL",
-            )
-        if not confirm(plan):
-            raise RefusedError("cancelled at the prompt; nothing was changed")
+    confirmed(plan, yes, confirm)
     path = journal.new_path(plan, journal_dir)
 
     def before_commit() -> None:
@@ -124,6 +120,19 @@ def execute(
         differ = RecoverError(f"they differ from the plan: {'; '.join(problems)}")
         raise committed_failure(path, "re-reading the rows", differ)
     return Outcome("applied", plan, sql, journal=path)
+
+
+def confirmed(plan: Plan, yes: bool, confirm: Confirm | None) -> None:
+    """Refuse unless ``--yes`` or the operator said yes at the terminal."""
+    if yes:
+        return
+    if confirm is None:
+        raise RefusedError(
+            "refusing to change the database without confirmation",
+            hint="pass --yes, or run on a terminal; --dry-run shows the exact SQL",
+        )
+    if not confirm(plan):
+        raise RefusedError("cancelled at the prompt; nothing was changed")
 
 
 def committed_failure(
@@ -186,7 +195,13 @@ def plan_undo(settings: Settings, path: Path) -> Plan:
         "id": recorded.subject.get("id"),
         "journal": str(path),  # a refusal names the journal being undone
     }
-    if document.get("status") in ("applying", "rolled-back"):
+    if document.get("status") in ("applying", "rolled-back") and recorded.subject.get(
+        "created_through_api"
+    ):
+        # A re-creation through the Glance API killed before it recorded what Glance wrote:
+        # the rows Glance created since the journal are removed, file included.
+        inverse.changes, inverse.files = _created_through_api(db, recorded, document, path)
+    elif document.get("status") in ("applying", "rolled-back"):
         # The run died (or failed) before its commit: perhaps nothing happened in the database.
         with db.engine.connect() as conn:
             try:
@@ -204,6 +219,31 @@ def plan_undo(settings: Settings, path: Path) -> Plan:
         if blockers:
             raise referenced_error(inverse, blockers)
     return inverse
+
+
+def _created_through_api(
+    db: Database, recorded: Plan, document: dict[str, Any], path: Path
+) -> tuple[list[RowChange], list[dict[str, Any]]]:
+    """The rows and the store file of a ``--via-api`` re-creation that never recorded them."""
+    from recover.images.recreate import created_since
+
+    image_id = str(recorded.subject.get("id", ""))
+    try:
+        written = datetime.fromisoformat(str(document.get("written_at")))
+    except ValueError:
+        raise RecoverError(
+            f"journal {path} is damaged: no written_at", hint="nothing was changed"
+        ) from None
+    since = written.astimezone(timezone.utc).replace(tzinfo=None)
+    rows = created_since(db, image_id, since)
+    files = []
+    for change in rows:
+        value = (change.after or {}).get("value") if change.table == "image_locations" else None
+        target = Path(urlparse(str(value)).path) if str(value).startswith("file://") else None
+        if target is not None and target.is_file():
+            files.append({"path": str(target), "size": target.stat().st_size, "md5": None,
+                          "created": True, "by": "glance"})  # fmt: skip
+    return [c.inverse() for c in reversed(rows)], files
 
 
 def _store_dirs(store_dir: str | tuple[str, ...]) -> list[Path]:

@@ -666,7 +666,7 @@ CASES: list[Case] = [
     Case("image-uuid-huge", lambda w: w.args("image", "f" * 100000, "--base-file", str(w.base), "--yes"), 1,
          "Error: 'ffffffff"),
     Case("image-purged", lambda w: w.args("image", UNKNOWN_IMAGE, "--base-file", str(w.base), "--yes"), 1,
-         f"Error: image {UNKNOWN_IMAGE} has no images row: it was purged"),
+         f"Error: image {UNKNOWN_IMAGE} has no images row (purged) and no live instance references it"),
     Case("base-file-fifo", lambda w: w.args("image", SNAPSHOT, "--base-file", str(w.root / "fifo"), "--yes"), 1,
          lambda w: f"Error: --base-file {w.root / 'fifo'} does not exist or is not a regular file", setup=fifo),
     Case("base-file-dev-zero", lambda w: w.args("image", SNAPSHOT, "--base-file", "/dev/zero", "--yes"), 1,

@@ -56,14 +56,11 @@ def grants(user: str, nova: list[str], api: list[str], glance: list[str]) -> lis
             for t in ("flavors", "flavor_extra_specs", "flavor_projects")
         ]
     for db in glance:
-        statements += [f"GRANT UPDATE ON `{db}`.`images` TO {user}"]
         statements += [
             f"GRANT INSERT, UPDATE, DELETE ON `{db}`.`{t}` TO {user}"
-            for t in ("image_locations", "image_properties")
+            for t in ("images", "image_locations", "image_properties", "image_members")
         ]
-        statements += [
-            f"GRANT UPDATE ON `{db}`.`{t}` TO {user}" for t in ("image_tags", "image_members")
-        ]
+        statements += [f"GRANT UPDATE ON `{db}`.`image_tags` TO {user}"]
     return statements
 
 
@@ -173,17 +170,27 @@ def test_least_privilege_account_does_the_whole_job(
     assert mariadb_server.checksum("p_glance") == glance_before
     assert not (world.store / SNAPSHOT).exists()
 
+    def insert_then_undo(inserted: str, *extra: str) -> None:
+        """``recover image`` INSERTs rows (``inserted`` says which), undo DELETEs them."""
+        before = mariadb_server.checksum("p_glance")
+        image = seen.add(run_recover(world, [*args, "image", SNAPSHOT, "--base-file",
+                                             str(world.base), *extra, "--yes"]))  # fmt: skip
+        assert image.returncode == 0, image.stderr
+        assert f"insert 1 row(s) in {inserted}" in image.stdout
+        (journal,) = sorted(world.journal_dir.glob("*-image-*.json"))[-1:]
+        undone = seen.add(run_recover(world, [*args, "undo", str(journal), "--yes"]))
+        assert undone.returncode == 0, undone.stderr
+        assert mariadb_server.checksum("p_glance") == before
+
     # An image without any location row: recover INSERTs one (and undo DELETEs it).
     mariadb_server.query("DELETE FROM p_glance.image_locations WHERE image_id = %s", (SNAPSHOT,))
-    no_location = mariadb_server.checksum("p_glance")
-    image = seen.add(run_recover(world, [*args, "image", SNAPSHOT, "--base-file", str(world.base),
-                                         "--yes"]))  # fmt: skip
-    assert image.returncode == 0, image.stderr
-    assert "insert 1 row(s) in image_locations" in image.stdout
-    (journal,) = sorted(world.journal_dir.glob("*-image-*.json"))[-1:]
-    undone = seen.add(run_recover(world, [*args, "undo", str(journal), "--yes"]))
-    assert undone.returncode == 0, undone.stderr
-    assert mariadb_server.checksum("p_glance") == no_location
+    insert_then_undo("image_locations")
+    # A purged images row: re-created (INSERT, the format given: this world's instances hold
+    # no copy of the image's metadata), undone (DELETE).
+    for table in ("image_locations", "image_properties", "image_tags", "image_members"):
+        mariadb_server.query(f"DELETE FROM p_glance.{table} WHERE image_id = %s", (SNAPSHOT,))
+    mariadb_server.query("DELETE FROM p_glance.images WHERE id = %s", (SNAPSHOT,))
+    insert_then_undo("images", "--disk-format", "qcow2")
     assert_secret_nowhere(PASSWORD, seen, world.state, world.root / "home", world.root / "tmp")
 
 

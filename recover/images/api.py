@@ -198,3 +198,43 @@ def upload(glance: Any, image_id: str, data: BinaryIO, size: int) -> None:
     """Upload the bytes of a ``queued`` image; Glance writes the store and the hashes."""
     with translated(f"upload image {image_id}"):
         glance.images.upload(image_id, data, image_size=size)
+
+
+#: Never sent when creating an image: read-only or reserved in Glance's v2 schema (403), or,
+#: for ``os_hash_*``, accepted as a custom property that would then lie about the bytes
+#: (glance ``glance/api/v2/images.py`` ``RequestDeserializer.create``; glance-purge.md §2).
+NEVER_SENT = ("checksum", "size", "virtual_size", "status", "created_at", "updated_at",
+              "locations", "location", "direct_url", "self", "file", "schema", "stores",
+              "deleted", "deleted_at", "os_hash_algo", "os_hash_value", "id")  # fmt: skip
+
+
+def create_body(fields: Mapping[str, Any], properties: Mapping[str, str]) -> dict[str, Any]:
+    """The ``POST /v2/images`` body of a re-created image, without its id: the core fields
+    Glance lets a caller set, and the properties as strings (the schema allows no other
+    type for a custom property); ``os_glance_*`` is a reserved namespace (403)."""
+    body: dict[str, Any] = {
+        name: fields[name]
+        for name in ("name", "owner", "disk_format", "container_format", "min_ram", "min_disk",
+                     "visibility")
+        if fields.get(name) is not None
+    }  # fmt: skip
+    for name, value in properties.items():
+        if name in NEVER_SENT or name in body or name.startswith("os_glance"):
+            continue
+        body[name] = str(value)
+    return body
+
+
+def create_with_id(glance: Any, image_id: str, body: Mapping[str, Any]) -> None:
+    """``POST /v2/images`` with the image's own id: allowed once no row holds it (glance
+    ``ImageRepo.add`` raises Duplicate, 409, on a primary-key collision only)."""
+    with translated(f"create image {image_id} through the Glance API"):
+        glance.images.create(id=image_id, **body)
+
+
+def add_member(glance: Any, image_id: str, project: str, status: str) -> None:
+    """Share the image with ``project`` and set the membership's status (an admin may set it
+    for the member: glance ``ImageMembersController.update``)."""
+    with translated(f"add project {project} as a member of image {image_id}"):
+        glance.image_members.create(image_id, project)
+        glance.image_members.update(image_id, project, status)

@@ -28,6 +28,7 @@ from recover.images import api
 from recover.images.ceph import parse_location
 from recover.images.digest import DEFAULT_ALGO, Digests
 from recover.images.nova_copies import INHERITABLE, NovaCopies, Sourced, read_copies
+from recover.images.recreate import Recreated, finish_plan, recreated
 from recover.images.rows import (
     PROPERTY_WINDOW,
     NewData,
@@ -45,7 +46,7 @@ from recover.images.sources.compute import compute_node_source
 from recover.images.sources.transfer import WRITABLE
 from recover.images.stores import Go, ImageStore
 from recover.images.stores.filesystem import FilesystemStore
-from recover.images.stores.glance_api import GlanceApiStore
+from recover.images.stores.glance_api import GlanceApiCreateStore, GlanceApiStore
 from recover.images.stores.rbd import RbdStore
 from recover.images.stores.rbd import client as rbd_client
 from recover.plan import Plan
@@ -96,14 +97,23 @@ class ImageRecovery:
         self.request = request
         self.image_id = validate_uuid(request.image_id)
         self.glance: GlanceReader = open_glance(settings)
+        #: The purged row being re-created from Nova's copies (None: the row exists).
+        self.recreated: Recreated | None = None
         self.row = self._row()
         self.target_format = self._target_format()
         self.algo = self.row.get("os_hash_algo") or settings.hashing_algorithm or DEFAULT_ALGO
         self.rules = ImageRules(self.image_id, self.row, request.accept_new_bytes)
+        if self.recreated is not None and "checksum" in self.recreated.fields:
+            # The re-created row's checksum is the request spec's copy: say so in the report.
+            spec_md5 = self.recreated.fields["checksum"]
+            self.rules.original = (str(spec_md5.value), spec_md5.source)
         files = FilesystemStore(settings, self.image_id, self.row, self.rules, self.algo,
                                 reformat=bool(request.disk_format))  # fmt: skip
         self.store: ImageStore = files
-        if request.via_api:
+        if request.via_api and self.recreated is not None:
+            self.store = GlanceApiCreateStore(glance_api, self.glance, self.recreated,
+                                              files.final)  # fmt: skip
+        elif request.via_api:
             self.store = GlanceApiStore(glance_api, self.glance, self.image_id, self.row,
                                         files.final)  # fmt: skip
         elif (rbd := self._rbd_store()) is not None:
@@ -134,11 +144,8 @@ class ImageRecovery:
                 conn.execute(select(images).where(images.c.id == self.image_id)).mappings().first()
             )
         if found is None:
-            raise NotFoundError(
-                f"image {self.image_id} has no images row: it was purged "
-                "(glance-manage db purge_images_table) or never existed",
-                hint="recover cannot bring an image back under the same id without its row",
-            )
+            self.recreated = self._recreate()
+            return self.recreated.row
         row = dict(found)
         if row["status"] == "active" and not row["deleted"]:
             raise RefusedError(f"image {self.image_id} is active: nothing to recover")
@@ -148,9 +155,28 @@ class ImageRecovery:
             raise RefusedError(
                 f"image {self.image_id} is {row['status']!r}, "
                 "not deleted, pending_delete or killed",
-                hint="recover only brings back deleted or failed images",
+                hint="recover only brings back deleted or failed images"
+                + (
+                    "; a `recover image --via-api` killed before its upload leaves the image it "
+                    "created queued: `recover undo` that run's journal, then re-run"
+                    if row["status"] == "queued"
+                    else ""
+                ),
             )
         return row
+
+    def _recreate(self) -> Recreated:
+        """The row was purged: what Nova's copies say it held (refused without live users)."""
+        if self.settings.nova_api_db is None and not self.settings.cell_urls():
+            raise NotFoundError(
+                f"image {self.image_id} has no images row: it was purged "
+                "(glance-manage db purge_images_table) or never existed",
+                hint="pass --nova-api-db (or --nova-db): recover re-creates a purged row from "
+                "the copies Nova keeps for the instances booted from it",
+            )
+        copies = read_copies(self.settings, self.image_id, from_instance=self.request.from_instance)
+        now = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+        return recreated(self.glance, self.image_id, copies, now, self.request.disk_format)
 
     def _target_format(self) -> str:
         wanted = self.request.disk_format or self.row["disk_format"]
@@ -218,8 +244,10 @@ class ImageRecovery:
                     "properties from Nova's copies"
                 )
             return
-        copies = self.copies = read_copies(
-            settings, self.image_id, from_instance=request.from_instance
+        copies = self.copies = (
+            self.recreated.copies
+            if self.recreated is not None
+            else read_copies(settings, self.image_id, from_instance=request.from_instance)
         )
         spec_md5 = copies.core.get("checksum")
         if self.rules.original is None and spec_md5 is not None:
@@ -254,6 +282,8 @@ class ImageRecovery:
                 + " (--format json: dropped_properties, with the reason for each)"
             )
         for table, what in (("image_tags", "tags"), ("image_members", "members")):
+            if table == "image_members" and self.recreated is not None:
+                continue  # the projects that run it become its members: recreate.py says so
             if not rows[table]:
                 self.metadata_notes.append(
                     f"{what}: no row left in Glance (purged, or there were none) and Nova keeps "
@@ -296,6 +326,7 @@ class ImageRecovery:
     def plan(self, new_data: NewData | PendingData | None, action: str) -> Plan:
         queued = self.store.queued
         location = self.store.location()
+        plan_now = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
         plan = image_plan(
             self.glance,
             self.row,
@@ -303,12 +334,14 @@ class ImageRecovery:
             location_kind=location.kind,
             new_data=new_data,
             store_id=location.store_id,
-            now=datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0),
+            now=plan_now,
             action=action,
             queued_for_upload=queued,
             store_dirs=location.dirs,
             rebuilt=self.rebuilt,
         )
+        if self.recreated is not None:
+            plan = finish_plan(plan, self.glance, self.recreated, plan_now)
         plan.notes += self.metadata_notes
         row = self.row
         if isinstance(new_data, PendingData) and self.rules.identical_upload(new_data.disk_format):
@@ -351,13 +384,18 @@ class ImageRecovery:
         store = self.store
         survivor = store.survivor()
         if survivor is not None:
-            plan = self.plan(survivor.new_data, survivor.action)
+            new_data = survivor.new_data
+            if new_data is None and self.recreated is not None and store.digests is not None:
+                # A re-created row: the request spec kept checksum and size, not the
+                # multihash; the store's file (which matched them) gives all of them.
+                new_data = NewData(store.digests, None, self.row["disk_format"])
+            plan = self.plan(new_data, survivor.action)
             plan.notes += survivor.notes
             outcome = store.commit(plan, go)
             self.new_digests = store.digests
             outcome.extra["bytes"] = (
-                self.rules.bytes_report(survivor.new_data)
-                if survivor.new_data is not None
+                self.rules.bytes_report(new_data)
+                if new_data is not None
                 else self.rules.unchanged_report()
             )
             outcome.extra.update(self.metadata_report(plan))
@@ -424,6 +462,8 @@ def recover_image(
                 else "check --glance-endpoint and the token (or OS_*), or pass --no-verify",
             )
         outcome = recovery.run(dry_run=dry_run, yes=yes, command=command, confirm=confirm)
+        if recovery.recreated is not None:
+            outcome.extra["recreated"] = recovery.recreated.report()
     finally:
         recovery.close()
     if outcome.status == "applied" and want_verify:

@@ -3,6 +3,7 @@ the API (``--via-api``), so Glance writes whatever backend it uses and computes 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -11,16 +12,18 @@ from typing import Any
 
 from sqlalchemy import and_, select
 
-from recover import journal
+from recover import faults, journal
 from recover.glance import GlanceReader
 from recover.images import api
 from recover.images.digest import Digests
+from recover.images.recreate import MEMBER_STATUS, Recreated, rows_of
 from recover.images.rows import NewData, restored_status
 from recover.images.sources import ImageSource
 from recover.images.store import Staged
 from recover.images.stores import Go, Location, Survivor
 from recover.plan import Plan, RowChange, apply
-from recover.write import Outcome, committed_failure
+from recover.text import printable
+from recover.write import Outcome, committed_failure, confirmed
 
 
 class GlanceApiStore:
@@ -145,6 +148,133 @@ class GlanceApiStore:
                 if r["id"] not in known and not r["deleted"]
             ]
         plan.changes = changes
+        if not self.store_file_before and self.final.is_file():
+            md5 = self.digests.md5 if self.digests else None
+            plan.files = [{"path": str(self.final), "size": self.final.stat().st_size,
+                           "md5": md5, "created": True, "by": "glance"}]  # fmt: skip
+        journal.write(path, plan, "committed", command)
+
+
+class GlanceApiCreateStore(GlanceApiStore):
+    """A purged row re-created by Glance itself (``--via-api``): ``POST /v2/images`` with the
+    image's id and owner, the members, then ``PUT /v2/images/{id}/file``.
+
+    No SQL of recover runs: the plan (the rows a database re-creation would insert) is what
+    the journal names before the first request; once Glance has written the image, the
+    journal records the rows Glance wrote as inserts, so ``undo`` deletes exactly them (and
+    the file Glance wrote in a filesystem store) and the id has "no row" again, as before.
+    Deleting through the API instead would leave a soft-deleted row (``image_destroy``),
+    another state than the one the run started from. A failure or a signal after the
+    ``POST`` removes what it created the same way: the old state.
+    """
+
+    def __init__(
+        self, glance_api: Any, glance: GlanceReader, made: Recreated, store_file: Path
+    ) -> None:
+        super().__init__(glance_api, glance, made.image_id, made.row, store_file)
+        self.made = made
+
+    def action(self, source: ImageSource, target_format: str) -> str:
+        return (
+            f"create image {self.image_id} through the Glance API (POST /v2/images with its id), "
+            f"then upload from {source.label}"
+        )
+
+    def body(self, disk_format: str) -> dict[str, Any]:
+        values = {name: s.value for name, s in self.made.fields.items()}
+        values["disk_format"] = disk_format
+        properties = {n: str(c.value) for n, c in sorted(self.made.copies.properties.items())}
+        return api.create_body(values, properties)
+
+    def requests(self, disk_format: str, size: int | None) -> list[str]:
+        """The API requests of the run, for the dry-run and the journal."""
+        made = self.made
+        lines = [f"POST /v2/images {json.dumps({'id': made.image_id, **self.body(disk_format)})}"]
+        lines += [
+            f'POST /v2/images/{made.image_id}/members {{"member": "{p}"}}, then PUT '
+            f'/v2/images/{made.image_id}/members/{p} {{"status": "{MEMBER_STATUS}"}}'
+            for p in made.members
+        ]
+        shown = f"{size} bytes" if size is not None else "the new file"
+        lines.append(f"PUT /v2/images/{made.image_id}/file ({shown}; Glance computes the hashes)")
+        return lines
+
+    def commit(
+        self, plan: Plan, go: Go, staged: Staged | None = None, new_data: NewData | None = None
+    ) -> Outcome:
+        first = plan.changes[0].after or {}
+        disk_format = str(first.get("disk_format"))
+        size = new_data.digests.size if new_data is not None else None
+        plan.notes += [f"API: {line}" for line in self.requests(disk_format, size)]
+        original = self.made.fields.get("created_at")
+        if original is not None and not original.guessed:
+            plan.notes.append(
+                f"created_at becomes Glance's now, not the original {original.value}: read-only "
+                "in the API (glance/api/v2/images.py RequestDeserializer.create)"
+            )
+        plan.subject = {**plan.subject, "created_through_api": True}
+        if staged is None or new_data is None:
+            lines = [
+                plan.title,
+                f"database: {plan.db.label}",
+                *plan.notes,
+                "no SQL runs: Glance writes the rows (the plan's rows are its prediction)",
+            ]
+            return Outcome("dry-run", plan, "".join(f"-- {printable(x)}\n" for x in lines))
+        staged.close()
+        confirmed(plan, go.yes, go.confirm)
+        path = journal.new_path(plan, go.journal_dir)
+        journal.write(path, plan, "applying", go.command)
+        faults.point("journaled")
+        created = False
+        try:
+            api.create_with_id(self.glance_api, self.image_id, self.body(disk_format))
+            created = True
+            faults.point("api-created")
+            for project in self.made.members:
+                api.add_member(self.glance_api, self.image_id, project, MEMBER_STATUS)
+            with open(staged.path, "rb") as data:
+                api.upload(self.glance_api, self.image_id, data, new_data.digests.size)
+            faults.point("committed")
+        except BaseException as failed:
+            if not created:  # Glance refused the POST: it wrote nothing of ours
+                journal.write(path, plan, "rolled-back", go.command)
+                raise
+            try:
+                self._remove_created(plan, path, go.command)
+            except Exception as exc:
+                raise committed_failure(
+                    path, f"the API calls ({failed}) and then removing the image they created",
+                    exc, f"image {self.image_id}, created through the Glance API,",
+                ) from exc  # fmt: skip
+            raise
+        self.digests = new_data.digests
+        try:
+            self._record_created(plan, path, go.command)
+        except Exception as exc:
+            raise committed_failure(
+                path, "recording what Glance wrote in the journal", exc,
+                f"the re-creation of image {self.image_id}",
+            ) from exc  # fmt: skip
+        outcome = Outcome("applied", plan, "", journal=path)
+        outcome.extra["uploaded"] = {"md5": new_data.digests.md5, "size": new_data.digests.size}
+        return outcome
+
+    def _remove_created(self, plan: Plan, path: Path, command: str) -> None:
+        """Back to "no row": delete every row Glance wrote for the image, and its file."""
+        rows = rows_of(self.glance.db, self.image_id)
+        if rows:
+            apply(Plan(
+                title=f"remove after a failed re-creation: {plan.title}",
+                db=plan.db, target=plan.target,
+                changes=[c.inverse() for c in reversed(rows)],
+            ))  # fmt: skip
+        if not self.store_file_before and self.final.exists():
+            self.final.unlink()
+        journal.write(path, plan, "rolled-back", command)
+
+    def _record_created(self, plan: Plan, path: Path, command: str) -> None:
+        plan.changes = rows_of(self.glance.db, self.image_id)
         if not self.store_file_before and self.final.is_file():
             md5 = self.digests.md5 if self.digests else None
             plan.files = [{"path": str(self.final), "size": self.final.stat().st_size,
