@@ -208,3 +208,18 @@ def log_tails(paths: Sequence[Path], lines: int) -> str:
             text = f"(no log: {exc})"
         out.append(f"--- {path} ---\n" + "\n".join(text.splitlines()[-lines:]))
     return "\n".join(out)
+
+
+def read_pty(fd: int) -> bytes:
+    """Everything a pseudo-terminal's master side ``fd`` gives until the other side is
+    closed and drained (Linux answers EIO then, not an empty read)."""
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)

@@ -25,7 +25,7 @@ from recover.inventory import base_file_name
 from recover.simulate import Instance, create_instance
 from tests import clouds
 from tests.clouds import MakeDb
-from tests.helpers import REPO_ROOT, process_env, require_binary
+from tests.helpers import REPO_ROOT, process_env, read_pty, require_binary
 from tests.images import Scenario, digests, incident_image, qemu_info_format
 from tests.netdelay import LatencyProxy
 from tests.sshd import HostAlias, SshdServer
@@ -364,14 +364,7 @@ def _recover_with_stderr_on(
     chunks: list[bytes] = []
 
     def drain() -> None:  # the pty's buffer is small: read it while recover runs
-        while True:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: the last writer closed the other side
-                return
-            if not data:
-                return
-            chunks.append(data)
+        chunks.append(read_pty(master))
 
     reader = threading.Thread(target=drain)
     reader.start()

@@ -6,19 +6,11 @@ import os
 import re
 
 from recover.progress import Display
+from tests.helpers import read_pty
 
 
 def _read_all(fd: int) -> str:
-    chunks = []
-    while True:
-        try:
-            data = os.read(fd, 65536)
-        except OSError:  # EIO: the other side is closed and drained
-            break
-        if not data:
-            break
-        chunks.append(data)
-    return re.sub(r"\x1b\[\?25[lh]", "", b"".join(chunks).decode())  # cursor hide/show
+    return re.sub(r"\x1b\[\?25[lh]", "", read_pty(fd).decode())  # cursor hide/show
 
 
 def test_counted_work_on_a_terminal_shows_one_bar_per_phase() -> None:
