@@ -156,6 +156,9 @@ osd objectstore = memstore
 memstore device bytes = 4294967296
 osd class load list = *
 osd class default list = *
+# A client killed while it held an image open (the import cut short, the kill tests) keeps
+# its watch until this expires: `rbd rm` of that image waits for it (default 30 s).
+osd client watch timeout = 5
 """
     )
     return conf
