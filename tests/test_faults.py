@@ -19,6 +19,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -291,17 +292,38 @@ def test_image_kill_mid_transfer(
     rerun_and_check(world, mariadb_server, argv, base_before, env=env)
 
 
-def test_image_kill_during_remote_conversion(
+@dataclass
+class RemoteConversion:
+    """``recover image --from-host compute-12`` started, and qemu-img converting on the node."""
+
+    env: dict[str, str]
+    argv: list[str]
+    before: dict[str, Any]  # the Glance tables' checksums
+    base_before: tuple[int, int]
+    remote_tmp: Path  # the node's conversion output, next to _base
+    proc: subprocess.Popen[str]
+
+
+def start_remote_conversion(
     world: World, mariadb_server: Any, sshd_server: Any
-) -> None:
-    """kill -9 while qemu-img converts next to _base on the node: its temporary file is left
-    there, the next run overwrites and removes it."""
+) -> RemoteConversion:
+    """Start the recovery and return once the node's temporary file exists (or it ended)."""
     env = {**world.env, "RECOVER_SSH_COMMAND": sshd_server.ssh_command}
     argv = world.host_args("compute-12", "--yes")
     before, base_before = mariadb_server.checksum(world.glance_db), base_stat(world)
     remote_tmp = world.base.parent / f".recover-tmp-{SNAPSHOT}.qcow2"
     proc = start(argv, env, world.root)
     assert wait_until(lambda: remote_tmp.exists() or proc.poll() is not None)
+    return RemoteConversion(env, argv, before, base_before, remote_tmp, proc)
+
+
+def test_image_kill_during_remote_conversion(
+    world: World, mariadb_server: Any, sshd_server: Any
+) -> None:
+    """kill -9 while qemu-img converts next to _base on the node: its temporary file is left
+    there, the next run overwrites and removes it."""
+    run = start_remote_conversion(world, mariadb_server, sshd_server)
+    env, argv, before, base_before, proc = run.env, run.argv, run.before, run.base_before, run.proc
     masters = [p for p in processes_naming(str(world.root / "tmp")) if " -M -S " in p]
     os.killpg(proc.pid, signal.SIGKILL)
     finish(proc)

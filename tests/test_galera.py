@@ -10,6 +10,7 @@ Galera cluster, so undo runs through any node (issue 14).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -451,33 +453,48 @@ def test_inventory_through_another_node_right_after_a_recovery_sees_it(
     assert json.loads(after.stdout)["flavors"] == []
 
 
+def assert_unchanged_on(deleted: Deleted, nodes: Sequence[GaleraNode]) -> None:
+    """The pre-Newton flavor's tables on each of ``nodes`` exactly as after the delete."""
+    tables = (*LEGACY_TABLES, *SHADOW_TABLES)
+    for node in nodes:
+        dump = dump_rows(node.synced_url(deleted.db))
+        assert {t: dump[t] for t in tables} == deleted.cloud.after_delete, node.name
+
+
+@contextlib.contextmanager
+def stopped_through_node_3(
+    cluster: GaleraCluster, root: Path, point: str
+) -> Iterator[tuple[Deleted, subprocess.Popen[str]]]:
+    """``recover flavor`` of a deleted pre-Newton flavor through node 3, stopped (SIGSTOP)
+    at fault point ``point`` for the block's body; resumed (SIGCONT) when the block ends."""
+    deleted = Deleted(cluster, "legacy")
+    assert isinstance(deleted.cloud, Legacy)
+    proc = subprocess.Popen(
+        [RECOVER, *deleted.argv(cluster.nodes[2], "--yes")],
+        env={**process_env(root), "RECOVER_FAULT_POINT": point},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert wait_until(lambda: proc.poll() is not None or stopped(proc.pid)), "no stop"
+        assert proc.poll() is None, proc.communicate()
+        yield deleted, proc
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+
+
 def test_node_killed_inside_a_recovery_and_a_rerun_through_another_node(
     galera_cluster: GaleraCluster, tmp_path: Path
 ) -> None:
     """kill -9 of node 3 while a recovery through it is inside its transaction."""
     cluster = galera_cluster
     one, two, three = cluster.nodes
-    deleted = Deleted(cluster, "legacy")
-    assert isinstance(deleted.cloud, Legacy)
-    proc = subprocess.Popen(
-        [RECOVER, *deleted.argv(three, "--yes")],
-        env={**process_env(tmp_path), "RECOVER_FAULT_POINT": "in-transaction:stop"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
     try:
-        try:
-            assert wait_until(lambda: proc.poll() is not None or stopped(proc.pid)), "no stop"
-            assert proc.poll() is None, proc.communicate()
+        with stopped_through_node_3(cluster, tmp_path, "in-transaction:stop") as (deleted, proc):
             three.kill()
-        finally:
-            os.kill(proc.pid, signal.SIGCONT)
         out, err = proc.communicate(timeout=120)
         # The survivors never saw the transaction: exactly the old state on both.
         assert wait_until(lambda: one.status("wsrep_cluster_size") == "2", timeout=60)
-        tables = (*LEGACY_TABLES, *SHADOW_TABLES)
-        for node in (one, two):
-            dump = dump_rows(node.synced_url(deleted.db))
-            assert {t: dump[t] for t in tables} == deleted.cloud.after_delete, node.name
+        assert_unchanged_on(deleted, (one, two))
         assert (proc.returncode, out) == (1, ""), err
         assert err == (
             "Error: the transaction failed and was rolled back:"
@@ -549,20 +566,9 @@ def test_node_that_stops_serving_inside_a_recovery_is_a_clean_refusal(
     re-run through node 1 finishes."""
     cluster = galera_cluster
     one, three = cluster.nodes[0], cluster.nodes[2]
-    deleted = Deleted(cluster, "legacy")
-    assert isinstance(deleted.cloud, Legacy)
-    proc = subprocess.Popen(
-        [RECOVER, *deleted.argv(three, "--yes")],
-        env={**process_env(tmp_path), "RECOVER_FAULT_POINT": "journaled:stop"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
     try:
-        try:
-            assert wait_until(lambda: proc.poll() is not None or stopped(proc.pid)), "no stop"
-            assert proc.poll() is None, proc.communicate()
+        with stopped_through_node_3(cluster, tmp_path, "journaled:stop") as (deleted, proc):
             three.query("SET GLOBAL wsrep_reject_queries = ALL")
-        finally:
-            os.kill(proc.pid, signal.SIGCONT)
         out, err = proc.communicate(timeout=120)
     finally:
         three.query("SET GLOBAL wsrep_reject_queries = NONE")
@@ -574,10 +580,7 @@ def test_node_that_stops_serving_inside_a_recovery_is_a_clean_refusal(
         "changed; run `recover inventory` through a node that is Synced, then re-run through "
         "it\n"
     )
-    tables = (*LEGACY_TABLES, *SHADOW_TABLES)
-    for node in cluster.nodes:
-        dump = dump_rows(node.synced_url(deleted.db))
-        assert {t: dump[t] for t in tables} == deleted.cloud.after_delete, node.name
+    assert_unchanged_on(deleted, cluster.nodes)
     assert journal_statuses(tmp_path) == ["rolled-back"]
     again = run_recover(tmp_path, deleted.argv(one, "--yes"))
     assert (again.returncode, again.stderr) == (0, committed_note(tmp_path)), again.stderr

@@ -36,6 +36,7 @@ from tests.test_faults import (
     processes_naming,
     rerun_and_check,
     start,
+    start_remote_conversion,
     stopped,
     store_tmp_files,
     wait_until,
@@ -234,18 +235,14 @@ def test_image_signal_during_remote_conversion_removes_the_node_temporary_file(
 ) -> None:
     """qemu-img converts next to _base on the compute node (over ssh) when the signal comes:
     the local ssh is ended and the node's ``.recover-tmp-<id>.qcow2`` removed."""
-    env = {**world.env, "RECOVER_SSH_COMMAND": sshd_server.ssh_command}
-    argv = world.host_args("compute-12", "--yes")
-    before, base_before = mariadb_server.checksum(world.glance_db), base_stat(world)
-    remote_tmp = world.base.parent / f".recover-tmp-{SNAPSHOT}.qcow2"
-    proc = start(argv, env, world.root)
-    assert wait_until(lambda: remote_tmp.exists() or proc.poll() is not None)
-    os.kill(proc.pid, signum)
-    exit_code, out, err = finish(proc)
+    run = start_remote_conversion(world, mariadb_server, sshd_server)
+    remote_tmp = run.remote_tmp
+    os.kill(run.proc.pid, signum)
+    exit_code, out, err = finish(run.proc)
     if exit_code == 0:
         pytest.skip("the recovery finished before the signal")
     assert (exit_code, out, err) == (code, "", interrupted_line(signum))
-    assert_image_old(world, mariadb_server, before)
+    assert_image_old(world, mariadb_server, run.before)
     assert not remote_tmp.exists()
     assert_no_litter(world)  # TMPDIR included: the ssh control socket's directory is gone
     # The run's one ssh connection (its master names the socket under TMPDIR) is stopped.
@@ -254,7 +251,7 @@ def test_image_signal_during_remote_conversion_removes_the_node_temporary_file(
     assert wait_until(lambda: not processes_naming(str(world.base)), timeout=10), processes_naming(
         str(world.base)
     )
-    rerun_and_check(world, mariadb_server, argv, base_before, env=env)
+    rerun_and_check(world, mariadb_server, run.argv, run.base_before, env=run.env)
 
 
 def test_a_signal_during_the_commit_waits_for_it_and_later_ones_are_ignored() -> None:
